@@ -1,0 +1,1 @@
+"""Data: image reading, annotation records, VOC conversion, dataset files."""

@@ -1,0 +1,1 @@
+"""Engine: prediction and training loops around the model."""
