@@ -1,0 +1,126 @@
+"""Specs -> :class:`DarknetModel` (``torch.nn.Module``) and the public ``build_model``.
+
+Model contract (docs/ARCHITECTURE.md):
+
+* ``train()``: ``forward(x)`` -> list (one per yolo head, cfg order) of raw ``(N, A, H, W, 5 + C)``
+  tensors: tx, ty, tw, th, objectness logit, class logits.
+* ``eval()``: ``forward(x)`` -> ``(N, R, 5 + C)``: cx, cy, w, h in input pixels, objectness
+  probability, class probabilities; rows head-major (cfg order), then anchor, y, x.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from detkit.darknet.cfg import resolve_cfg
+from detkit.darknet.layers import ConvLayer, RouteLayer, ShortcutLayer, YoloLayer, build_layer
+from detkit.darknet.specs import CfgEdit, NetSpec, NetworkSpec, infer_shapes, load_network_spec
+
+log = logging.getLogger(__name__)
+
+
+class DarknetModel(nn.Module):
+    """A darknet network as a PyTorch module.
+
+    Attributes:
+        spec: the validated :class:`NetworkSpec` (one spec per cfg layer).
+        net: the ``[net]`` options as a :class:`NetSpec` (width, height, channels, batch, ...).
+        cfg_text: the cfg text the model was built from, class count already patched.
+        num_classes: classes predicted by every yolo head.
+        layers: ``nn.ModuleList``, one module per cfg layer (``layers[i]`` is cfg layer ``i``).
+        yolo_layers: the :class:`YoloLayer` heads in cfg order.
+        weights_header: ``(major, minor, revision, seen)`` of the last loaded ``.weights`` file,
+            or ``None``; written back by ``save_darknet_weights`` so files round-trip exactly.
+        max_stride: the largest downsampling factor; inputs must be multiples of it (32 for YOLOv3).
+    """
+
+    def __init__(self, spec: NetworkSpec):
+        super().__init__()
+        self.spec = spec
+        self.net: NetSpec = spec.net
+        self.cfg_text: str = spec.text
+        self.num_classes: int = spec.num_classes
+        self.weights_header: tuple[int, int, int, int] | None = None
+        shapes = infer_shapes(spec)
+        self.layers = nn.ModuleList()
+        in_c = spec.net.channels
+        for layer_spec, shape in zip(spec.layers, shapes):
+            self.layers.append(build_layer(layer_spec, in_c))
+            in_c = shape[0]
+        self.yolo_layers: list[YoloLayer] = [m for m in self.layers if isinstance(m, YoloLayer)]
+        keep: set[int] = set()
+        for m in self.layers:
+            if isinstance(m, (RouteLayer, ShortcutLayer)):
+                keep.update(m.sources)
+        self._keep = frozenset(keep)
+        self.in_channels = spec.net.channels
+        min_w = min(s[2] for s in shapes)
+        min_h = min(s[1] for s in shapes)
+        self.max_stride = max(1, max(spec.net.width // min_w, spec.net.height // min_h))
+
+    @property
+    def conv_layers(self) -> list[tuple[int, ConvLayer]]:
+        """``(layer index, module)`` of every ``[convolutional]`` in file order (weights file order)."""
+        return [(i, m) for i, m in enumerate(self.layers) if isinstance(m, ConvLayer)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """Run the network.
+
+        Args:
+            x: ``(N, channels, H, W)`` float in [0, 1]; H and W multiples of ``max_stride``.
+
+        Returns:
+            train mode: list of raw ``(N, A, H_i, W_i, 5 + C)`` per head; eval mode: ``(N, R, 5 + C)``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
+            raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {self.max_stride}")
+        saved: dict[int, torch.Tensor] = {}
+        heads: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, RouteLayer):
+                x = layer([saved[j] for j in layer.sources])
+            elif isinstance(layer, ShortcutLayer):
+                x = layer(x, [saved[j] for j in layer.sources])
+            elif isinstance(layer, YoloLayer):
+                heads.append(layer(x, (h, w)))  # x passes through unchanged to the next layer
+            else:
+                x = layer(x)
+            if i in self._keep:
+                saved[i] = x
+        if self.training:
+            return heads
+        return torch.cat(heads, dim=1)
+
+
+def build_model(cfg_path_or_text: str | os.PathLike, num_classes: int | None = None) -> DarknetModel:
+    """Build a :class:`DarknetModel` from a darknet cfg.
+
+    Args:
+        cfg_path_or_text: a path to a ``.cfg`` file, the cfg text itself, or a builtin name such as
+            ``"yolov3-tiny"`` (the repo's ``cfg/`` folder).
+        num_classes: if given, every ``[yolo] classes=`` and the ``filters=`` of the conv before it
+            are rewritten (``(num_classes + 5) * len(mask)``) before building.
+
+    Raises:
+        CfgError: the cfg cannot be read, parsed or built (message names file:line).
+    """
+    text, source = resolve_cfg(cfg_path_or_text)
+    spec, edits = load_network_spec(text, source, num_classes)
+    _log_edits(source, edits)
+    return DarknetModel(spec)
+
+
+def _log_edits(source: str, edits: list[CfgEdit]) -> None:
+    for e in edits:
+        if e.old is None:
+            log.info("%s: added %s=%s to the [%s] at line %d", source, e.key, e.new, e.section, e.line)
+        else:
+            log.debug("%s:%d: %s=%s -> %s", source, e.line, e.key, e.old, e.new)
+    if edits:
+        log.info("%s: class count patched in %d place(s)", source, len(edits))

@@ -1,0 +1,1 @@
+"""YOLO head maths: decoding, targets, loss, post-processing."""
