@@ -16,6 +16,7 @@ from detkit.errors import DetkitError
 # One entry per subcommand module, in the order shown by ``detkit --help``.
 COMMAND_MODULES = [
     "cfg_cmd",
+    "convert_cmd",
     "detect_cmd",
 ]
 
