@@ -162,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
         det = res.detections
         image_str = str(res.path)
         for box, score, cid in zip(det.boxes, det.scores, det.class_ids):
-            box_list = [round(float(v), 2) for v in box]
+            box_list = [round(float(v), 4) for v in box]
             entries.append({"image": image_str, "class_id": int(cid), "class_name": names[int(cid)],
-                            "score": round(float(score), 5), "box_xyxy": box_list})
+                            "score": round(float(score), 6), "box_xyxy": box_list})
             rows.append((image_str, names[int(cid)], f"{score:.2f}",
                          " ".join(f"{v:.0f}" for v in box_list)))
         if not args.no_images:
