@@ -696,6 +696,46 @@ def set_num_classes(text: str, num_classes: int, source: str | os.PathLike = "<c
     return apply_edits(text, edits), edits
 
 
+def _format_anchor_value(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{float(v):g}"
+
+
+def patch_anchors(cfg_text: str, anchors, source: str | os.PathLike = "<cfg>") -> str:
+    """Return ``cfg_text`` with every ``[yolo] anchors=`` set to ``anchors`` (darknet layout
+    ``10,14,  23,27, ...``); every other byte (line endings, comments, spacing) stays as it was.
+
+    Args:
+        anchors: ``(num, 2)`` widths, heights in network-input pixels (any sequence of pairs).
+    Raises:
+        CfgError: no ``[yolo]`` section, a non-positive anchor, or a head whose ``num=`` differs from
+            the number of pairs (masks and head filters depend on it; regenerate with that many).
+    """
+    pairs = [(float(w), float(h)) for w, h in anchors]
+    if any(not (w > 0 and h > 0) for w, h in pairs):  # also rejects NaN
+        raise CfgError(f"anchors must be positive, got {pairs}", path=source)
+    value = ",  ".join(f"{_format_anchor_value(w)},{_format_anchor_value(h)}" for w, h in pairs)
+    sections = parse_cfg(cfg_text, source)
+    edits: list[CfgEdit] = []
+    for section in sections:
+        if section.type != "yolo":
+            continue
+        r = _Reader.__new__(_Reader)  # typed access without re-warning about keys
+        r.s, r.used, r.known = section, YOLO_USED, YOLO_KNOWN
+        num = r.int("num", 1, minimum=1)
+        if num != len(pairs):
+            raise r.error("num", f"[yolo] has num={num} anchors but {len(pairs)} were given")
+        opts = section.all("anchors")
+        if not opts:
+            edits.append(CfgEdit(section.line, "anchors", None, value, section.type))
+        for opt in opts:
+            if opt.value != value:
+                edits.append(CfgEdit(opt.line, "anchors", opt.value, value, section.type))
+    if not any(s.type == "yolo" for s in sections):
+        raise CfgError("the cfg has no [yolo] section to take anchors", path=source)
+    edits.sort(key=lambda e: e.line)
+    return apply_edits(cfg_text, edits)
+
+
 def load_network_spec(text: str, source: str | os.PathLike = "<cfg>",
                       num_classes: int | None = None) -> tuple[NetworkSpec, list[CfgEdit]]:
     """Parse, optionally patch the class count, validate. Returns the spec (its ``text`` is patched)."""
