@@ -16,8 +16,10 @@ anything is expanded or fetched.
 """
 from __future__ import annotations
 
+import codecs
 import math
 import os
+import re
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
@@ -46,7 +48,37 @@ class _LineTreeBuilder(TreeBuilder):
         return el
 
 
+_DECL = re.compile(rb"^(\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+_EXPAT_ENCODINGS = {"utf-8", "utf-16", "utf-16-le", "utf-16-be", "ascii", "latin-1"}
+
+
+def _to_expat_encoding(data: bytes, path: str) -> bytes:
+    """Re-encode files declared in an encoding expat cannot read (GBK, Shift-JIS...) as UTF-8.
+
+    Chinese Windows annotation tools write ``encoding="GBK"``; expat only knows UTF-8/16 and
+    Latin-1, so such files are decoded with Python's codec and the declaration rewritten.
+    """
+    m = _DECL.match(data[:512])
+    if not m:
+        return data
+    name = m.group(2).decode("ascii")
+    try:
+        canonical = codecs.lookup(name).name
+    except LookupError:
+        raise AnnotationError(f"unknown XML encoding {name!r}", path=path, line=1) from None
+    if canonical in _EXPAT_ENCODINGS:
+        return data
+    try:
+        text = data.decode(canonical)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise AnnotationError(f"bytes not valid in the declared encoding {name!r}", path=path, line=line) from None
+    text = re.sub(r"encoding\s*=\s*[\"'][A-Za-z0-9._-]+[\"']", 'encoding="utf-8"', text, count=1)
+    return text.lstrip("\ufeff").encode("utf-8")
+
+
 def _parse(data: bytes, path: str) -> tuple[Element, dict[int, int]]:
+    data = _to_expat_encoding(data, path)
     builder = _LineTreeBuilder()
     parser = DET.DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True,
                                   forbid_external=True)
