@@ -259,7 +259,9 @@ def test_real_detect_dog_matches_darknet(shared, repo, tmp_path, capsys):
         ious = iou_matrix(np.array([[left, top, left + w, top + h]]), np.array([e["box_xyxy"] for e in mine]))[0]
         best = int(np.argmax(ious))
         assert ious[best] >= 0.8, (name, mine[best], ious[best])
-        assert abs(mine[best]["score"] - score) <= 0.07, (name, mine[best]["score"], score)
+        # the issue allows 0.07; --resize reproduces darknet's resize_image, so scores agree with
+        # darknet's printed percentages up to their rounding
+        assert abs(mine[best]["score"] - score) <= 0.015, (name, mine[best]["score"], score)
     assert (tmp_path / "dog.jpg").is_file()
     # nothing else above threshold except darknet's own "lower-scored truck/car pair"
     assert len(entries) <= 6

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from detkit.boxes import unletterbox_xyxy
 from detkit.data import images
-from detkit.data.images import letterbox, read_image, read_image_size, resize_plain
+from detkit.data.images import letterbox, read_image, read_image_size, resize_darknet, resize_plain
 from detkit.errors import ImageError
 
 
@@ -247,3 +247,18 @@ def test_resize_rejects_non_rgb():
         letterbox(np.zeros((10, 10), np.uint8), (32, 32))
     with pytest.raises(ValueError, match="RGB uint8"):
         resize_plain(np.zeros((10, 10, 3), np.float32), (32, 32))
+
+
+@pytest.mark.parametrize("src_hw,dst_wh", [((576, 768), (416, 416)), ((30, 50), (64, 96)), ((7, 3), (32, 64))])
+def test_resize_darknet_is_corner_aligned_bilinear(src_hw, dst_wh):
+    """darknet's resize_image == bilinear with align_corners=True on [0, 1] floats (torch as reference)."""
+    import torch
+    import torch.nn.functional as F
+
+    img = np.random.default_rng(3).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    out = resize_darknet(img, dst_wh)
+    assert out.shape == (dst_wh[1], dst_wh[0], 3) and out.dtype == np.float32
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    ref = F.interpolate(t, size=(dst_wh[1], dst_wh[0]), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
+    assert np.abs(out - ref.numpy()).max() < 1e-5
+    np.testing.assert_allclose(out[-1, -1], img[-1, -1] / 255, atol=1e-6)  # corners map to corners

@@ -36,7 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--img-size", default=None,
                    help="network input N or WxH, multiples of 32 (default: the cfg's width x height)")
     p.add_argument("--resize", action="store_true",
-                   help="stretch images to the input size like darknet (default: letterbox)")
+                   help="stretch images to the input size exactly as darknet's detector test does "
+                        "(default: letterbox)")
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--classes", type=int, default=None,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from detkit.data.images import letterbox as letterbox_image
-from detkit.data.images import read_image, resize_plain
+from detkit.data.images import read_image, resize_darknet
 from detkit.errors import ImageError
 from detkit.yolo.postprocess import Detections, postprocess, unletterbox_detections, unresize_detections
 
@@ -101,7 +101,7 @@ class Predictor:
         conf: score threshold (objectness * class probability, strict ``>``).
         nms: per-class NMS IoU threshold.
         letterbox: True: aspect-preserving letterbox (grey 114 padding); False: darknet's plain
-            stretch to the input size.
+            stretch to the input size, with darknet's own resize arithmetic.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         max_det: at most this many detections per image.
     """
@@ -124,17 +124,23 @@ class Predictor:
         self.model = model.to(self.device).eval()
 
     def prepare(self, img: np.ndarray) -> tuple[np.ndarray, InputTransform]:
-        """RGB uint8 (h, w, 3) -> network-size RGB uint8 (H, W, 3) and its transform."""
+        """RGB uint8 (h, w, 3) -> network-size RGB (H, W, 3) and its transform.
+
+        Letterbox: uint8 (``cv2.resize`` bilinear, grey 114 padding). Plain resize: float32 in
+        [0, 1] from :func:`~detkit.data.images.resize_darknet`, darknet's own corner-aligned
+        bilinear resize, so scores match darknet's ``detector test``.
+        """
         h, w = img.shape[:2]
         if self.letterbox:
             out, scale, pad_x, pad_y = letterbox_image(img, self.input_size)
             return out, InputTransform("letterbox", w, h, self.input_size, scale, pad_x, pad_y)
-        return resize_plain(img, self.input_size), InputTransform("resize", w, h, self.input_size)
+        return resize_darknet(img, self.input_size), InputTransform("resize", w, h, self.input_size)
 
     @torch.inference_mode()
     def _run(self, batch: list[np.ndarray], transforms: list[InputTransform]) -> list[Detections]:
-        x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) in [0, 1]
+        x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8 or float [0, 1]
+        x = x.permute(0, 3, 1, 2)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # (N, 3, H, W) in [0, 1]
         pred = self.model(x)  # (N, R, 5 + C), network-input pixels
         dets = postprocess(pred, self.conf, self.nms, self.max_det)
         return [t.to_original(d) for t, d in zip(transforms, dets)]
