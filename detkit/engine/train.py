@@ -1,0 +1,767 @@
+"""The training loop: settings, optimizer, AMP step, validation mAP, checkpoints, logs, exact resume.
+
+One optimizer step = ``batch`` images = ``subdivisions`` micro-batches of ``batch / subdivisions``
+images (divided again over ranks under torchrun); gradients are accumulated over the micro-batches,
+as darknet does. Mixed precision follows nanoGPT: ``ctx = nullcontext()`` or ``torch.autocast``,
+and ``GradScaler(enabled=(dtype == float16))`` — the step code is the same with AMP on or off.
+
+Exact resume: augmentation randomness is derived from ``(seed, epoch, index)`` by the dataset,
+the order of each epoch from ``(seed, epoch)``, and the checkpoint holds model, EMA, optimizer,
+scaler, scheduler, step, the position inside the epoch and the RNG states — so ``--resume`` runs
+reproduce the loss curve of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detkit.data.datafiles import load_data_config, write_text_atomic
+from detkit.errors import TrainError
+from detkit.engine import checkpoint as ckpt
+from detkit.engine.distributed import (DistInfo, all_finite, barrier, broadcast_object, cleanup_distributed,
+                                       dist_info_from_env, init_distributed, resolve_device)
+from detkit.engine.ema import ModelEMA
+from detkit.engine.schedule import POLICIES, LRScheduler, ScheduleConfig
+from detkit.yolo.loss import BOX_LOSSES, LossConfig, YoloLoss
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: cfgs ship with the testing [net] (batch=1); training then uses this batch instead
+DEFAULT_TRAIN_BATCH = 16
+#: burn-in is capped to this fraction of the run (the cfg's 1000 steps exceed short fine-tunes)
+BURN_IN_MAX_FRACTION = 0.1
+
+
+# --------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a run depends on, resolved from the cfg's ``[net]`` and CLI overrides.
+
+    Saved as ``settings.json`` in the run folder and inside every checkpoint. Step counts
+    (``burn_in``) are optimizer steps; ``steps`` are fractions of the run's total steps.
+    """
+
+    cfg: str
+    data: str
+    num_classes: int
+    out: str
+    weights: str | None = None
+    cutoff: int | None = None
+    freeze: int = 0
+    epochs: int = 30
+    batch: int = DEFAULT_TRAIN_BATCH
+    subdivisions: int = 1
+    img_size: tuple[int, int] = (416, 416)
+    device: str = "auto"
+    amp: bool = True
+    amp_dtype: str = "bf16"
+    workers: int = 2
+    seed: int = 0
+    lr: float = 0.001
+    momentum: float = 0.9
+    decay: float = 0.0005
+    nesterov: bool = False
+    burn_in: int = 0
+    policy: str = "steps"
+    steps: tuple[float, ...] = (0.8, 0.9)
+    scales: tuple[float, ...] = (0.1, 0.1)
+    hue: float = 0.1
+    saturation: float = 1.5
+    exposure: float = 1.5
+    flip: bool = True
+    jitter: float = 0.3
+    mosaic: bool = False
+    box_loss: str = "darknet"
+    class_weights: bool = False
+    balanced_sampler: bool = False
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    grad_clip: float | None = None
+    channels_last: bool = True
+    tensorboard: bool = False
+    val_conf_thres: float = 0.005
+    val_nms_thres: float = 0.45
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
+            (self.subdivisions >= 1, f"subdivisions must be >= 1, got {self.subdivisions}"),
+            (self.batch % self.subdivisions == 0,
+             f"batch ({self.batch}) must be a multiple of subdivisions ({self.subdivisions})"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.freeze >= 0, f"freeze must be >= 0, got {self.freeze}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.amp_dtype in AMP_DTYPES, f"amp dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}"),
+            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
+            (self.box_loss in BOX_LOSSES, f"box loss must be one of {', '.join(BOX_LOSSES)}, got {self.box_loss!r}"),
+            (len(self.steps) == len(self.scales), f"{len(self.steps)} steps but {len(self.scales)} scales"),
+            (self.num_classes >= 1, f"classes must be >= 1, got {self.num_classes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainError(message)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> "TrainSettings":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise TrainError(f"unknown settings in checkpoint/settings.json: {', '.join(unknown)}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+
+def resolve_settings(cfg: str, data: str, num_classes: int, out: str, **overrides: Any) -> TrainSettings:
+    """Defaults from the cfg's ``[net]`` (and ``[yolo] jitter``), then ``overrides`` (None = keep).
+
+    * ``batch``/``subdivisions``: the cfg's, except the shipped testing values (batch=1), which
+      become ``batch=16, subdivisions=1``;
+    * ``steps`` are converted to fractions of the cfg's ``max_batches`` (darknet's 400000,450000
+      of 500200 -> 0.8, 0.9) and applied to this run's length;
+    * ``burn_in`` is the cfg's, capped to 10% of the run (computed at start, when its length is known)
+      unless given explicitly.
+    """
+    from detkit.darknet.cfg import resolve_cfg
+    from detkit.darknet.specs import parse_network
+
+    text, source = resolve_cfg(cfg)
+    spec = parse_network(text, source)
+    net = spec.net
+    jitters = [layer.jitter for layer in spec.layers if getattr(layer, "type", "") == "yolo"]
+    base: dict[str, Any] = {
+        "batch": net.batch if net.batch > 1 else DEFAULT_TRAIN_BATCH,
+        "subdivisions": net.subdivisions if net.batch > 1 else 1,
+        "img_size": (net.width, net.height),
+        "lr": net.learning_rate, "momentum": net.momentum, "decay": net.decay,
+        "burn_in": -net.burn_in,  # negative: the cfg burn-in, capped to the run length at start
+        "policy": net.policy if net.policy in POLICIES else "steps",
+        "hue": net.hue, "saturation": net.saturation, "exposure": net.exposure, "flip": bool(net.flip),
+        "jitter": min(max(jitters), 0.49) if jitters else 0.0,
+        "mosaic": bool(net.mosaic),
+    }
+    if net.policy == "steps" and net.steps and net.max_batches > 0:
+        base["steps"] = tuple(min(1.0, s / net.max_batches) for s in net.steps)
+        base["scales"] = tuple(net.scales[: len(net.steps)])
+    elif net.policy not in POLICIES:
+        log.warning("%s: [net] policy=%s is not supported; using steps at 80%%/90%% of the run", source, net.policy)
+    for k, v in overrides.items():
+        if v is not None:
+            base[k] = v
+    if base["batch"] % base["subdivisions"]:
+        raise TrainError(f"batch ({base['batch']}) must be a multiple of subdivisions ({base['subdivisions']})")
+    return TrainSettings(cfg=str(cfg), data=str(data), num_classes=int(num_classes), out=str(out), **base)
+
+
+# ----------------------------------------------------------------------------------- hooks/result
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to ``TrainHooks.on_step`` after every optimizer step."""
+
+    epoch: int
+    step: int
+    loss: float
+    lr: float
+    model: nn.Module
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """Optional callbacks (tests inject interrupts and faults through them)."""
+
+    on_step: Callable[[StepInfo], None] | None = None
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`. ``history`` holds one dict per completed epoch (results.csv rows)."""
+
+    run_dir: Path
+    epochs_completed: int
+    steps: int
+    best_map: float
+    best_epoch: int
+    interrupted: bool
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_weights: Path | None
+    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    loss_trace: tuple[float, ...] = field(default_factory=tuple)
+
+
+RESULT_COLUMNS = ("epoch", "step", "box", "obj", "cls", "loss", "lr", "mAP50", "images", "img_per_s",
+                  "data_wait", "time_s")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def next_run_dir(out: str | os.PathLike) -> Path:
+    """``out`` if it is new or empty, else ``out2``, ``out3``, ... (never overwrites a run)."""
+    base = Path(out)
+    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
+        return base
+    n = 2
+    while True:
+        cand = base.with_name(f"{base.name}{n}")
+        if not cand.exists():
+            return cand
+        n += 1
+
+
+def param_groups(model: nn.Module, decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only; none on batch-norm parameters and biases."""
+    with_decay, without = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "weight" and not isinstance(module, nn.modules.batchnorm._BatchNorm) and p.ndim > 1:
+                with_decay.append(p)
+            else:
+                without.append(p)
+    return [{"params": with_decay, "weight_decay": decay}, {"params": without, "weight_decay": 0.0}]
+
+
+def freeze_layers(model: nn.Module, n: int) -> int:
+    """``requires_grad=False`` for the parameters of the first ``n`` cfg layers; returns how many tensors."""
+    count = 0
+    for layer in list(model.layers)[:n]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+            count += 1
+    return count
+
+
+def set_train_mode(model: nn.Module, frozen: int) -> None:
+    """Train mode, but frozen layers keep eval mode (their batch-norm statistics stay fixed)."""
+    model.train()
+    for layer in list(model.layers)[:frozen]:
+        layer.eval()
+
+
+@torch.no_grad()
+def init_head_priors(model: nn.Module, layer_indices: set[int] | None = None, prior: float = 0.01) -> None:
+    """Objectness bias of freshly initialised heads: ``log(p / (1 - p))`` (focal-loss prior) so that
+    the first steps are not dominated by thousands of confident background predictions; class biases
+    ``log(1 / C)``-ish. ``layer_indices``: conv layer indices to touch (None = every head conv)."""
+    layers = list(model.layers)
+    for i, layer in enumerate(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if nxt is None or nxt not in model.yolo_layers:
+            continue
+        if layer_indices is not None and i not in layer_indices:
+            continue
+        conv = getattr(layer, "conv", None)
+        if conv is None or conv.bias is None:
+            continue
+        a = nxt.num_anchors
+        bias = conv.bias.view(a, -1)  # (A, 5 + C)
+        bias[:, 4] = math.log(prior / (1 - prior))
+        bias[:, 5:] = math.log(0.6 / max(nxt.num_classes - 0.99, 1.0))
+
+
+def load_start_weights(model: nn.Module, path: str, cutoff: int | None) -> set[int] | None:
+    """Load ``--weights`` (darknet .weights or a detkit checkpoint). Returns head conv indices that
+    were re-initialised (None: all trainable from the file)."""
+    from detkit.darknet.weights import load_darknet_weights
+
+    if ckpt.is_checkpoint_file(path):
+        payload = ckpt.load_checkpoint(path)
+        state = (payload.get("ema") or {}).get("module") or payload["model"]
+        own = model.state_dict()
+        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(k for k in own if k not in take)
+        model.load_state_dict(take, strict=False)
+        heads = {int(k.split(".")[1]) for k in skipped if k.startswith("layers.")}
+        if skipped:
+            log.warning("%s: %d tensors did not fit (class count change?) and keep their initialisation: layers %s",
+                        path, len(skipped), sorted(heads))
+        log.info("%s: loaded %d tensors from checkpoint", path, len(take))
+        return heads
+    report = load_darknet_weights(model, path, cutoff=cutoff)
+    loaded = set(report.loaded)
+    return {i for i, _ in model.conv_layers if i not in loaded}
+
+
+def _memory_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}G"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"{rss_kb / 2 ** 20:.1f}G"
+
+
+def write_results_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in RESULT_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
+
+
+def save_plots(run_dir: Path, history: list[dict[str, Any]]) -> Path | None:
+    """``results.png``: loss components and validation mAP per epoch (matplotlib, Agg canvas)."""
+    if not history:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ep = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for key in ("loss", "box", "obj", "cls"):
+        ax1.plot(ep, [r[key] for r in history], marker="o", label=key)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss (per image)"), ax1.set_yscale("log"), ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(ep, [r["mAP50"] for r in history], marker="o", color="C4")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation mAP@0.5 (VOC all-point, EMA)"), ax2.set_ylim(0, 1)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / "results.png"
+    tmp = run_dir / ".results.png.tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def _class_weight_tuple(balance_objects: tuple[int, ...]) -> tuple[float, ...]:
+    """Loss weights per class: sqrt of inverse object frequency, normalised to mean 1 over present classes."""
+    counts = np.asarray(balance_objects, dtype=np.float64)
+    present = counts > 0
+    w = np.ones_like(counts)
+    if present.any():
+        w[present] = np.sqrt(counts[present].sum() / (present.sum() * counts[present]))
+        w[present] /= w[present].mean()
+    return tuple(float(v) for v in w)
+
+
+# -------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: nn.Module, loader, class_names: list[str], device: torch.device, ctx,
+             conf_thres: float, nms_thres: float, channels_last: bool) -> float:
+    """VOC all-point mAP@0.5 of ``model`` on the validation loader (in network-input pixels; the
+    letterbox is a uniform scale + shift, so IoUs are those of the original images)."""
+    from detkit.metrics import ImageDets, ImageGT, evaluate
+    from detkit.yolo.postprocess import postprocess
+
+    was_training = model.training
+    model.eval()
+    gts, dets = [], []
+    try:
+        for images, targets, infos in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            h, w = images.shape[2:]
+            with ctx:
+                pred = model(images)
+            results = postprocess(pred.float(), conf_thres=conf_thres, nms_thres=nms_thres)
+            t = targets.numpy()
+            for i, (det, info) in enumerate(zip(results, infos)):
+                rows = t[t[:, 0] == i]
+                cx, cy, bw, bh = rows[:, 2] * w, rows[:, 3] * h, rows[:, 4] * w, rows[:, 5] * h
+                boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+                image_id = int(info["index"])
+                gts.append(ImageGT(image_id=image_id, boxes=boxes, labels=rows[:, 1].astype(np.int64),
+                                   difficult=np.zeros(len(rows), dtype=bool)))
+                dets.append(ImageDets(image_id=image_id, boxes=det.boxes, scores=det.scores, labels=det.class_ids))
+    finally:
+        model.train(was_training)
+    report = evaluate(gts, dets, class_names, metric="voc", iou_threshold=0.5)
+    value = float(report.map)
+    return 0.0 if math.isnan(value) else value
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class _NonFinite(Exception):
+    pass
+
+
+class Trainer:
+    """One training run (use :func:`train`)."""
+
+    def __init__(self, settings: TrainSettings, info: DistInfo, device: torch.device,
+                 hooks: TrainHooks, resume_payload: dict[str, Any] | None, run_dir: Path):
+        self.s = settings
+        self.info = info
+        self.device = device
+        self.hooks = hooks
+        self.run_dir = run_dir
+        s = settings
+        data = load_data_config(s.data)
+        if len(data.names) != s.num_classes:
+            raise TrainError(f"--classes {s.num_classes} disagrees with the {len(data.names)} class names "
+                             f"of the dataset ({', '.join(data.names[:5])}{', ...' if len(data.names) > 5 else ''})",
+                             path=data.source)
+        if not data.train:
+            raise TrainError("the training list is empty", path=data.source)
+        self.names = list(data.names)
+
+        import detkit
+        from detkit.data.dataset import YoloDataset, make_loader
+        from detkit.data.sampling import class_balance, class_weighted_sampler, format_class_balance
+        from detkit.data.transforms import build_eval_transforms, build_train_transforms
+
+        seed_everything(s.seed)
+        model = detkit.build_model(s.cfg, num_classes=s.num_classes)
+        self.cfg_text = model.cfg_text
+        fresh_heads: set[int] | None = None
+        if resume_payload is None:
+            if s.weights:
+                fresh_heads = load_start_weights(model, s.weights, s.cutoff)
+                init_head_priors(model, fresh_heads)
+            else:
+                init_head_priors(model)
+        if s.freeze:
+            n = freeze_layers(model, s.freeze)
+            log.info("froze the first %d layers (%d tensors)", s.freeze, n)
+        model.to(device)
+        if s.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        img_size = tuple(s.img_size)
+        stride = model.max_stride
+        if img_size[0] % stride or img_size[1] % stride:
+            raise TrainError(f"image size {img_size[0]}x{img_size[1]} must be a multiple of the network stride {stride}")
+
+        train_paths = list(data.train)[: s.max_train_images] if s.max_train_images else list(data.train)
+        val_paths = list(data.val)[: s.max_val_images] if s.max_val_images else list(data.val)
+        train_tf = build_train_transforms(img_size, hsv=(s.hue, s.saturation, s.exposure), flip=s.flip,
+                                          jitter=s.jitter)
+        self.train_ds = YoloDataset(train_paths, s.num_classes, img_size, train_tf, mosaic=s.mosaic, seed=s.seed)
+        balance = class_balance(self.train_ds, s.num_classes)
+        if info.is_main:
+            table, warnings = format_class_balance(balance, self.names)
+            log.info("training set class balance (%d images):\n%s", len(self.train_ds), table)
+            for w in warnings:
+                log.warning("%s%s", w, "" if (s.class_weights or s.balanced_sampler)
+                            else " (opt-in remedies: --balanced-sampler, --class-weights)")
+        world = info.world_size
+        per_step = s.batch // s.subdivisions
+        if per_step % world:
+            raise TrainError(f"batch/subdivisions = {per_step} images per micro-batch cannot be split over "
+                             f"{world} processes; use a batch that is a multiple of subdivisions x {world}")
+        self.micro = per_step // world
+        sampler = class_weighted_sampler(self.train_ds, s.num_classes, seed=s.seed) if s.balanced_sampler else None
+        self.loader = make_loader(self.train_ds, self.micro, shuffle=True, workers=s.workers, seed=s.seed,
+                                  sampler=sampler, distributed=info.enabled)
+        self.val_loader = None
+        if val_paths and info.is_main:
+            val_ds = YoloDataset(val_paths, s.num_classes, img_size, build_eval_transforms(img_size), seed=s.seed)
+            self.val_loader = make_loader(val_ds, max(self.micro, 1), shuffle=False, workers=s.workers, seed=s.seed)
+        elif not val_paths and info.is_main:
+            log.warning("%s: no validation images; best.pt follows the last epoch", data.source)
+
+        self.micro_per_epoch = len(self.loader)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / s.subdivisions)
+        total_steps = s.epochs * self.steps_per_epoch
+        burn_in = s.burn_in
+        if burn_in < 0:  # the cfg's burn-in, capped for short runs
+            burn_in = min(-burn_in, max(1, int(BURN_IN_MAX_FRACTION * total_steps)))
+        sched_cfg = ScheduleConfig(base_lr=s.lr, burn_in=burn_in, policy=s.policy,  # type: ignore[arg-type]
+                                   steps=tuple(int(round(f * total_steps)) for f in s.steps),
+                                   scales=tuple(s.scales), total_steps=total_steps)
+        self.optimizer = torch.optim.SGD(param_groups(model, s.decay), lr=s.lr, momentum=s.momentum,
+                                         nesterov=s.nesterov)
+        self.scheduler = LRScheduler(self.optimizer, sched_cfg)
+        self.amp_dtype = AMP_DTYPES[s.amp_dtype]
+        if s.amp and device.type == "cpu" and self.amp_dtype == torch.float16:
+            log.warning("fp16 autocast on CPU is slow and unscaled-safe only with GradScaler; using bf16")
+            self.amp_dtype = torch.bfloat16
+        # nanoGPT pattern: the step code below is identical with AMP on or off
+        self.ctx = torch.autocast(device.type, dtype=self.amp_dtype) if s.amp else nullcontext()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(s.amp and self.amp_dtype == torch.float16))
+        class_w = _class_weight_tuple(balance.objects) if s.class_weights else None
+        if class_w is not None and info.is_main:
+            log.info("class loss weights: %s", ", ".join(f"{n}={w:.2f}" for n, w in zip(self.names, class_w)))
+        self.loss_fn = YoloLoss.from_model(model, LossConfig(box_loss=s.box_loss, class_weights=class_w))  # type: ignore[arg-type]
+        self.ema = ModelEMA(model, decay=s.ema_decay, tau=s.ema_tau) if s.ema else None
+        self.ddp: nn.Module = model
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        self.epoch = 0
+        self.step = 0
+        self.batches_done = 0
+        self.best_map = -1.0
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        self.epoch_sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "loss": 0.0, "images": 0, "data": 0.0, "time": 0.0}
+        if resume_payload is not None:
+            self._restore(resume_payload)
+        self.loss_trace: list[float] = []
+        self.tb = None
+        if s.tensorboard and info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("--tensorboard: the tensorboard package is not installed (pip install tensorboard); skipping")
+            else:
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    # -- state
+    def payload(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.CHECKPOINT_FORMAT, "version": ckpt.CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
+            "epoch_sums": dict(self.epoch_sums),
+            "rng": ckpt.capture_rng_state(),
+            "cfg_text": self.cfg_text, "class_names": list(self.names),
+            "settings": self.s.to_json_dict(),
+            "best_map": self.best_map, "best_epoch": self.best_epoch, "history": list(self.history),
+        }
+
+    def _restore(self, p: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(p["model"])
+            if self.ema is not None and p.get("ema"):
+                self.ema.load_state_dict(p["ema"])
+            self.optimizer.load_state_dict(p["optimizer"])
+            self.scaler.load_state_dict(p["scaler"])
+            self.scheduler.load_state_dict(p["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise TrainError(f"checkpoint does not fit this model/settings: {str(exc).splitlines()[0][:200]}") from None
+        self.epoch, self.step, self.batches_done = int(p["epoch"]), int(p["step"]), int(p["batches_done"])
+        self.epoch_sums = dict(p.get("epoch_sums") or self.epoch_sums)
+        self.best_map, self.best_epoch = float(p["best_map"]), int(p["best_epoch"])
+        self.history = [dict(r) for r in p.get("history", [])]
+        ckpt.restore_rng_state(p["rng"])
+
+    def _save(self, name: str) -> Path:
+        return ckpt.save_checkpoint(self.payload(), self.run_dir / name)
+
+    # -- loop
+    def run(self) -> TrainResult:
+        s = self.s
+        interrupted = False
+        last = self.run_dir / "last.pt"
+        try:
+            while self.epoch < s.epochs:
+                self._train_epoch()
+                self._end_epoch()
+        except KeyboardInterrupt:
+            interrupted = True
+            if self.info.is_main:
+                self._save("last.pt")
+                log.warning("interrupted at epoch %d, step %d: saved %s; continue with --resume %s",
+                            self.epoch + 1, self.step, last, self.run_dir)
+        except _NonFinite as exc:
+            good = last if last.is_file() else None
+            raise TrainError(f"{exc}; training stopped. Last good checkpoint: "
+                             f"{good if good else 'none (no epoch completed)'}; try a lower --lr, --no-amp "
+                             f"or --amp-dtype bf16") from None
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+        if self.info.is_main and s.plots and not interrupted:
+            try:
+                save_plots(self.run_dir, self.history)
+            except (OSError, ValueError) as exc:  # plotting must never lose a finished run
+                log.warning("could not write plots: %s", exc)
+        best = self.run_dir / "best.pt"
+        weights = self.run_dir / "best.weights"
+        return TrainResult(run_dir=self.run_dir, epochs_completed=self.epoch, steps=self.step,
+                           best_map=self.best_map, best_epoch=self.best_epoch, interrupted=interrupted,
+                           last_checkpoint=last, best_checkpoint=best if best.is_file() else None,
+                           best_weights=weights if weights.is_file() else None,
+                           history=tuple(self.history), loss_trace=tuple(self.loss_trace))
+
+    def _train_epoch(self) -> None:
+        from detkit.data.dataset import set_loader_epoch
+        from tqdm import tqdm
+
+        s, model, ddp = self.s, self.model, self.ddp
+        set_train_mode(model, s.freeze)
+        set_loader_epoch(self.loader, self.epoch, skip_batches=self.batches_done)
+        if self.batches_done == 0:
+            self.epoch_sums = {k: 0 * v for k, v in self.epoch_sums.items()}
+        n_micro = self.micro_per_epoch
+        show = self.info.is_main and s.progress and sys.stderr.isatty()
+        bar = tqdm(total=n_micro, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{s.epochs}",
+                   disable=not show, dynamic_ncols=True, leave=True)
+        in_wh = (int(s.img_size[0]), int(s.img_size[1]))
+        group_start = self.batches_done
+        t_prev = time.perf_counter()
+        try:
+            for i, (images, targets, _) in enumerate(self.loader, start=self.batches_done):
+                t_data = time.perf_counter()
+                group_size = min(s.subdivisions, n_micro - group_start)
+                sync = (i + 1 - group_start) == group_size
+                images = images.to(self.device, non_blocking=True)
+                if s.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = targets.to(self.device, non_blocking=True)
+                no_sync = ddp.no_sync() if (self.info.enabled and not sync) else nullcontext()
+                with no_sync:
+                    with self.ctx:
+                        outputs = ddp(images)
+                        loss, parts = self.loss_fn(outputs, targets, in_wh)
+                    if not all_finite(loss, self.info):
+                        raise _NonFinite(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, "
+                                         f"step {self.step + 1} (box {parts['box'].item():.4g}, "
+                                         f"obj {parts['obj'].item():.4g}, cls {parts['cls'].item():.4g})")
+                    self.scaler.scale(loss / group_size).backward()
+                lr = self.scheduler.lr
+                if sync:
+                    self.scheduler.apply()
+                    if s.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.advance()
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(model)
+                    self.batches_done = i + 1
+                    group_start = i + 1
+                t_end = time.perf_counter()
+                n_img = images.shape[0]
+                value = float(loss.item())
+                self.loss_trace.append(value)
+                es = self.epoch_sums
+                for k in ("box", "obj", "cls"):
+                    es[k] += float(parts[k].item()) * n_img
+                es["loss"] += value * n_img
+                es["images"] += n_img
+                es["data"] += t_data - t_prev
+                es["time"] += t_end - t_prev
+                t_prev = t_end
+                if show:
+                    ips = es["images"] / max(es["time"], 1e-9) * self.info.world_size
+                    bar.set_postfix_str(f"box {parts['box'].item():.3f} obj {parts['obj'].item():.3f} "
+                                        f"cls {parts['cls'].item():.3f} lr {lr:.2e} {ips:.1f} img/s "
+                                        f"mem {_memory_text(self.device)}", refresh=False)
+                    bar.update(1)
+                if sync and self.hooks.on_step is not None:
+                    self.hooks.on_step(StepInfo(self.epoch, self.step, value, lr, model))
+        finally:
+            bar.close()
+
+    def _end_epoch(self) -> None:
+        s, es = self.s, self.epoch_sums
+        n = max(es["images"], 1)
+        val_model = self.ema.module if self.ema is not None else self.model
+        m = float("nan")
+        if self.info.is_main and self.val_loader is not None:
+            m = validate(val_model, self.val_loader, self.names, self.device, self.ctx, s.val_conf_thres,
+                         s.val_nms_thres, s.channels_last)
+        row = {"epoch": self.epoch + 1, "step": self.step, "box": es["box"] / n, "obj": es["obj"] / n,
+               "cls": es["cls"] / n, "loss": es["loss"] / n, "lr": self.scheduler.lr, "mAP50": m,
+               "images": int(es["images"]) * self.info.world_size,
+               "img_per_s": es["images"] * self.info.world_size / max(es["time"], 1e-9),
+               "data_wait": es["data"] / max(es["time"], 1e-9), "time_s": es["time"]}
+        self.history.append(row)
+        self.epoch += 1
+        self.batches_done = 0
+        if self.info.is_main:
+            improved = math.isnan(m) or m > self.best_map
+            if improved:
+                self.best_map = m if not math.isnan(m) else self.best_map
+                self.best_epoch = self.epoch
+            self._save("last.pt")
+            if improved:
+                self._save("best.pt")
+                from detkit.darknet.weights import save_darknet_weights
+
+                save_darknet_weights(val_model, self.run_dir / "best.weights")
+            write_results_csv(self.run_dir / "results.csv", self.history)
+            if self.tb is not None:
+                for k in ("loss", "box", "obj", "cls", "lr", "mAP50", "img_per_s"):
+                    self.tb.add_scalar(f"train/{k}" if k != "mAP50" else "val/mAP50", row[k], self.epoch)
+            log.info("epoch %d/%d: loss %.4g (box %.4g obj %.4g cls %.4g) lr %.3g mAP@0.5 %.4f "
+                     "%.1f img/s, data wait %.0f%%%s", self.epoch, s.epochs, row["loss"], row["box"], row["obj"],
+                     row["cls"], row["lr"], m, row["img_per_s"], 100 * row["data_wait"],
+                     " (best)" if improved else "")
+        if self.hooks.on_epoch_end is not None:
+            self.hooks.on_epoch_end(row)
+        barrier(self.info)
+
+
+# ------------------------------------------------------------------------------------------- entry
+def resume_settings(run_dir: str | os.PathLike, epochs: int | None = None) -> tuple[TrainSettings, dict[str, Any]]:
+    """Settings and payload of ``RUN_DIR/last.pt`` (``epochs`` may extend the run)."""
+    run = Path(run_dir)
+    path = run / "last.pt" if run.is_dir() else run
+    payload = ckpt.load_checkpoint(path, map_location="cpu")
+    settings = TrainSettings.from_json_dict(payload["settings"])
+    if epochs is not None:
+        settings = dataclasses.replace(settings, epochs=int(epochs))
+    return settings, payload
+
+
+def train(settings: TrainSettings | None = None, *, resume: str | os.PathLike | None = None,
+          resume_epochs: int | None = None, hooks: TrainHooks | None = None) -> TrainResult:
+    """Train (or, with ``resume=RUN_DIR``, continue) a run. Under torchrun, every process calls this.
+
+    Raises:
+        TrainError: bad settings, data/class mismatch, non-finite loss, unusable checkpoint.
+    """
+    payload = None
+    if resume is not None:
+        settings, payload = resume_settings(resume, resume_epochs)
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    elif settings is None:
+        raise TrainError("train() needs settings or resume=RUN_DIR")
+    info = dist_info_from_env()
+    device = resolve_device(settings.device, info)
+    init_distributed(info, device)
+    try:
+        if payload is None:
+            run_dir = Path(broadcast_object(str(next_run_dir(settings.out)) if info.is_main else None, info))
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "settings.json", json.dumps(settings.to_json_dict(), indent=2) + "\n")
+            log.info("run folder: %s", run_dir)
+        barrier(info)
+        trainer = Trainer(settings, info, device, hooks or TrainHooks(), payload, run_dir)
+        if payload is not None and info.is_main:
+            log.info("resuming %s at epoch %d, step %d", run_dir, trainer.epoch + 1, trainer.step)
+        return trainer.run()
+    finally:
+        cleanup_distributed()
