@@ -52,6 +52,9 @@ SPLIT_FILES = ("train", "val", "trainval", "test")
 #: Boxes sticking out of the image by at most this many pixels are clipped without a warning
 #: (0-based annotators write ``xmin = 0``; VOC's 1-based rule then puts x1 at -1).
 CLIP_SILENT_PX = 1.0
+#: Output extensions: ``.jpeg`` is renamed ``.jpg`` (same bytes); BMP is re-encoded as lossless PNG,
+#: because pjreddie's darknet derives label paths only from ``.jpg``/``.png``/``.JPG``/``.JPEG``.
+EXT_ALIASES = {".jpeg": ".jpg", ".bmp": ".png"}
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,13 @@ def _clean_stale(out: Path) -> None:
 
 
 def _place_image(src: Path, dst: Path, mode: str) -> str:
+    if src.suffix.lower() != dst.suffix.lower() and dst.suffix.lower() == ".png":
+        from PIL import Image  # BMP -> PNG, pixel-identical
+        with Image.open(src) as im:
+            buf = io.BytesIO()
+            im.save(buf, "PNG")
+        dst.write_bytes(buf.getvalue())
+        return "png"
     if mode == "link":
         try:
             os.link(src, dst)
@@ -557,7 +567,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     class_id = {n: i for i, n in enumerate(class_names)}
 
     # names, splits
-    mapping = sanitize_paths(it.logical for it in items)
+    mapping = sanitize_paths((it.logical for it in items), ext_aliases=EXT_ALIASES)
     new_paths = {it.image_rel: mapping[it.logical] for it in items}
     splits, split_info = _assign_splits(items, new_paths, src, opts, logs)
     if opts.strict and logs.warnings:
@@ -579,7 +589,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         (tmp / "backup").mkdir()
         rename_rows = []
         for d_src, d_new in sorted((k, v) for k, v in mapping.items() if k.endswith("/")):
-            rename_rows.append(("folder", d_src, "images/" + d_new))
+            rename_rows.append(("folder", d_src.rstrip("/"), "images/" + d_new.rstrip("/")))
         for it in sorted(items, key=lambda it: new_paths[it.image_rel]):
             new = new_paths[it.image_rel]
             img_out = tmp / "images" / new

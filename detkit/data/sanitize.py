@@ -65,14 +65,17 @@ def safe_stem(name: str) -> str:
     return s
 
 
-def safe_extension(suffix: str) -> str:
-    """``.JPEG`` -> ``.jpg``, ``.PNG`` -> ``.png``; anything unsafe in it -> removed."""
+def safe_extension(suffix: str, aliases: dict[str, str] | None = None) -> str:
+    """``.JPEG`` -> ``.jpg``, ``.PNG`` -> ``.png``; anything unsafe in it -> removed.
+
+    ``aliases`` maps lower-case extensions to the ones written (default ``{".jpeg": ".jpg"}``).
+    """
     if not suffix:
         return ""
     e = "." + re.sub(r"[^a-z0-9]", "", _transliterate(suffix[1:]).lower())
     if e == ".":
         return ""
-    return _EXT_ALIASES.get(e, e)
+    return (_EXT_ALIASES if aliases is None else aliases).get(e, e)
 
 
 def safe_filename(name: str) -> str:
@@ -85,11 +88,12 @@ def _with_counter(stem: str, ext: str, n: int) -> str:
     return f"{stem}_{n}{ext}"
 
 
-def sanitize_paths(paths: Iterable[str]) -> dict[str, str]:
+def sanitize_paths(paths: Iterable[str], ext_aliases: dict[str, str] | None = None) -> dict[str, str]:
     """Map relative POSIX file paths to unique ASCII-safe relative paths.
 
     Args:
         paths: relative paths of files (``/``-separated, no ``..``); folders are implied.
+        ext_aliases: extension rewrites (see :func:`safe_extension`).
     Returns:
         ``{original file path: new file path}`` for every input, plus one entry
         ``{original folder path + "/": new folder path + "/"}`` for every folder on the way
@@ -128,7 +132,7 @@ def sanitize_paths(paths: Iterable[str]) -> dict[str, str]:
                 stem, ext = safe_stem(base), ""
             else:
                 pp = PurePosixPath(base)
-                stem, ext = (safe_stem(pp.stem), safe_extension(pp.suffix)) if pp.suffix else (safe_stem(base), "")
+                stem, ext = (safe_stem(pp.stem), safe_extension(pp.suffix, ext_aliases)) if pp.suffix else (safe_stem(base), "")
             wanted[path] = (stem, ext, is_folder, (stem + ext) == base and not
                             (is_folder and stem in _RESERVED_FOLDERS))
         taken.update(_RESERVED_FOLDERS)
