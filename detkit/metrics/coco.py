@@ -188,9 +188,12 @@ def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
 
     matched = match >= 0
     mg = np.where(matched, match, 0)
-    dtm_nonzero = matched & ~g_zero[mg]  # the reference tests the stored annotation id
-    dt_ig = (matched & np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_dt)) \
-        | (~dtm_nonzero & d_out[:, None, :])
+    if n_gt:
+        dtm_nonzero = matched & ~g_zero[mg]  # the reference tests the stored annotation id
+        ig_of_match = np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_dt)
+    else:
+        dtm_nonzero = ig_of_match = np.zeros((A, T, n_dt), bool)
+    dt_ig = (matched & ig_of_match) | (~dtm_nonzero & d_out[:, None, :])
     tp_all = dtm_nonzero & ~dt_ig  # (A, T, n_dt)
     fp_all = ~dtm_nonzero & ~dt_ig
 
