@@ -178,6 +178,29 @@ def test_epoch_sampler_shards_cover_everything():
     assert len(EpochSampler(10, True, 1, rank=0, num_replicas=3)) == 4
 
 
+def test_epoch_sampler_with_distributed_and_weighted_bases():
+    from torch.utils.data import DistributedSampler
+    items = list(range(10))
+
+    def shards(epoch, base_for_rank, kw):
+        out = []
+        for r in range(2):
+            s = EpochSampler(10, shuffle=True, seed=3, base=base_for_rank(r), **kw(r))
+            s.set_epoch(epoch)   # forwarded to the base
+            out.append([i for e, i in s])
+        return out
+
+    dist = lambda r: DistributedSampler(items, num_replicas=2, rank=r, shuffle=True, seed=3)  # noqa: E731
+    e0, e1 = shards(0, dist, lambda r: {}), shards(1, dist, lambda r: {})
+    assert sorted(e0[0] + e0[1]) == items and sorted(e1[0] + e1[1]) == items
+    assert e0 != e1
+    # a weighted sampler's draws are split between ranks (each rank sees every other draw)
+    labels = [np.array([[i % 2, .5, .5, .1, .1]]) for i in range(10)]
+    full = [i for _, i in EpochSampler(10, True, 3, epoch=1, base=class_weighted_sampler(labels, 2, 5))]
+    w = shards(1, lambda r: class_weighted_sampler(labels, 2, 5), lambda r: {"rank": r, "num_replicas": 2})
+    assert w[0] == full[0::2] and w[1] == full[1::2]
+
+
 def test_mosaic_boxes_on_pixels(data):
     ds = YoloDataset(data, 3, SIZE, build_train_transforms(SIZE, hsv=(0, 1, 1), jitter=0.0), mosaic=True, seed=3)
     n_boxes = 0

@@ -209,6 +209,7 @@ class EpochSampler(Sampler):
         self.rank = int(rank)
         self.num_replicas = int(num_replicas)
         self.skip = 0
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the epoch (and skip its first ``skip`` samples of this rank, for a mid-epoch resume)."""
@@ -280,7 +281,6 @@ def make_loader(dataset: YoloDataset, batch_size: int, shuffle: bool, workers: i
             base = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                       drop_last=False)
     epoch_sampler = EpochSampler(len(dataset), shuffle, seed, epoch, base=base, rank=rank, num_replicas=world)
-    epoch_sampler.set_epoch(epoch)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_size=batch_size, sampler=epoch_sampler, num_workers=workers,
