@@ -206,12 +206,23 @@ def test_cli_detect_all_unreadable_fails(tiny, tmp_path, capsys):
     (["--img-size", "400"], "multiples of 32"),
     (["--conf", "1.5"], "--conf"),
     (["--source", "/nonexistent/dir"], "source not found"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--nms", "0"], "cuda" if not torch.cuda.is_available() else "--nms"),
 ])
 def test_cli_detect_user_errors_are_one_line(tiny, tmp_path, capsys, extra, message):
     args = ["--source", str(tiny / "images")] if "--source" not in extra else []
     assert _detect(tiny, tmp_path / "out", *args, *extra) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("detkit: error:") and message in err[0]
+
+
+def test_cli_detect_refuses_to_overwrite_inputs(tiny, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    assert _detect(tiny, folder, "--source", str(folder)) == 1
+    assert "would overwrite" in capsys.readouterr().err
+    assert (folder / "a.png").read_bytes() == before and not (folder / "detections.json").exists()
 
 
 def test_cli_detect_names_not_matching_weights(tiny, tmp_path, capsys):

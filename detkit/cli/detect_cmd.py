@@ -106,8 +106,6 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from detkit import build_model, load_darknet_weights
     from detkit.data.datafiles import read_names, write_bytes_atomic, write_text_atomic
     from detkit.engine.predict import Predictor, parse_img_size, resolve_device
@@ -130,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     if not weights.is_file():
         raise WeightsError("weights file not found", path=weights)
     sources = collect_sources(args.source)
+    out_dir = Path(args.out)
+    if not args.no_images and out_dir.resolve() in {p.resolve().parent for p in sources}:
+        raise DataError("--out is a folder holding input images; annotated images would overwrite "
+                        "them (choose another --out, or --no-images)", path=out_dir)
 
     model = build_model(args.cfg, num_classes=len(names))
     report = load_darknet_weights(model, weights)
@@ -140,11 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if report.partial:
         raise WeightsError(f"is a partial file (it ends before the last layer of {args.cfg}); "
                            "detection needs complete weights", path=weights)
-    if torch.get_num_threads() > (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
     predictor = Predictor(model, img_size=img_size, conf=args.conf, nms=args.nms,
                           letterbox=not args.resize, device=device)
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("detect: %d image(s), input %dx%d (%s), device %s", len(sources), *predictor.input_size,
              "plain resize" if args.resize else "letterbox", device)
