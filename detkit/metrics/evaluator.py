@@ -117,8 +117,8 @@ def evaluate(ground_truth: Sequence[ImageGT] | GTTable, detections: Sequence[Ima
         raise EvalError(f"unknown IoU rule {iou_rule!r}; valid: '>=', '>'")
     if not (0.0 < float(iou_threshold) <= 1.0):
         raise EvalError(f"IoU threshold must be in (0, 1], got {iou_threshold!r}")
-    if not math.isfinite(float(conf_threshold)):
-        raise EvalError(f"confidence threshold must be finite, got {conf_threshold!r}")
+    if math.isnan(float(conf_threshold)):
+        raise EvalError(f"confidence threshold must be a number, got {conf_threshold!r}")
     names = [str(n) for n in class_names]
     C = len(names)
     gt = ground_truth if isinstance(ground_truth, GTTable) else None
