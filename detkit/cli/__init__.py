@@ -19,6 +19,9 @@ COMMAND_MODULES = [
     "convert_cmd",
     "detect_cmd",
     "eval_cmd",
+    "anchors_cmd",
+    "stats_cmd",
+    "export_cmd",
 ]
 
 
