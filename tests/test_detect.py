@@ -111,6 +111,20 @@ def test_predict_paths_keeps_order_and_reports_bad_files(tmp_path):
     assert "not a recognised image" in str(results[2].error) and "not found" in str(results[6].error)
 
 
+def test_predict_paths_boxes_follow_exif_orientation(tmp_path):
+    """A photo stored landscape with EXIF orientation 6 (rotate 90 clockwise) is detected in the
+    displayed (portrait) frame, the frame annotation tools and viewers use."""
+    stored = np.zeros((60, 100, 3), np.uint8)
+    stored[10:30, 20:50] = 255  # stored box x 20..50, y 10..30
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rot.jpg", quality=100, exif=exif)
+    (res,) = Predictor(BrightBoxOracle(), img_size=128).predict_paths([tmp_path / "rot.jpg"], keep_images=True)
+    assert res.image.shape == (100, 60, 3)
+    # clockwise rotation: displayed x = H - 1 - stored y (continuous: 60 - y), displayed y = stored x
+    np.testing.assert_allclose(res.detections.boxes[0], [60 - 30, 20, 60 - 10, 50], atol=1.5)
+
+
 def test_parse_img_size():
     assert parse_img_size(416) == (416, 416)
     assert parse_img_size("608x352") == (608, 352)
