@@ -238,3 +238,22 @@ def test_cli_anchors_bad_label_names_file_and_line(clustered_dataset, capsys):
     assert main(["anchors", "--data", str(clustered_dataset), "--num", "3"]) == 1
     err = capsys.readouterr().err
     assert "img03.txt:4" in err and "out of range" in err and err.count("\n") == 1
+
+
+def test_cli_cfg_anchors_writes_them_in_darknet_format(tmp_path, capsys):
+    src = tmp_path / "in.cfg"
+    src.write_bytes((REPO / "cfg" / "yolov3-tiny.cfg").read_bytes().replace(b"\n", b"\r\n"))
+    out = tmp_path / "out.cfg"
+    value = "11,15,  25,30,  40,60,  80,90,  140,170,  300,320"
+    assert main(["cfg", "--cfg", str(src), "--anchors", value, "--classes", "2", "-o", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.count(b"anchors = " + value.encode() + b"\r\n") == 2
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF kept everywhere
+    spec = parse_network(data.decode())
+    assert spec.num_classes == 2 and spec.yolo_layers[1].anchors[5] == (300.0, 320.0)
+    capsys.readouterr()
+    assert main(["cfg", "--cfg", str(src), "--anchors", "1,2,3", "-o", str(tmp_path / "x.cfg")]) == 1
+    assert "even number" in capsys.readouterr().err
+    assert main(["cfg", "--cfg", str(src), "--anchors", "1,2", "-o", str(tmp_path / "x.cfg")]) == 1
+    assert "num=6" in capsys.readouterr().err
+    assert not (tmp_path / "x.cfg").exists()

@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
                    help="write the patched cfg here (atomically; never over the input). Without it the "
                         "changes are only listed")
     p.add_argument("--check", action="store_true", help="validate and print the layer table and totals")
+    p.add_argument("--anchors", default=None, metavar="'W,H,  W,H, ...'",
+                   help="set every [yolo] anchors= to these pairs (e.g. the line `detkit anchors` prints)")
     p.add_argument("--img-size", default=None, metavar="N|WxH",
                    help="input size for the --check table (default: the cfg's width x height)")
     p.set_defaults(func=run)
@@ -55,13 +57,15 @@ def run(args: argparse.Namespace) -> int:
         from detkit.data.datafiles import read_names
 
         num_classes = len(read_names(args.names))
-    if num_classes is None and args.output is not None:
+    if num_classes is None and args.anchors is None and args.output is not None:
         raise CfgError("-o needs --classes N or --names FILE (nothing to change)")
-    if num_classes is None and not args.check:
+    if num_classes is None and args.anchors is None and not args.check:
         raise CfgError("nothing to do: give --classes N / --names FILE, and/or --check")
 
     if args.output is not None:
         _check_output(Path(args.output), source)
+    if args.anchors is not None:
+        text = _apply_anchors(text, args.anchors, source)
     if num_classes is not None:
         text, edits = set_num_classes(text, num_classes, source)
         spec = parse_network(text, source)  # the result must build
@@ -80,11 +84,33 @@ def run(args: argparse.Namespace) -> int:
             print("(dry run: use -o OUT.cfg to write the patched cfg)")
     else:
         spec = parse_network(text, source)
+        if args.anchors is not None and args.output is not None:
+            _write_cfg(Path(args.output), text, source)
+            print(f"wrote {args.output}")
+        elif args.anchors is not None:
+            print("(dry run: use -o OUT.cfg to write the patched cfg)")
 
     if args.check:
         size = _parse_size(args.img_size) if args.img_size else (spec.net.width, spec.net.height)
         print(format_layer_table(spec, size))
     return 0
+
+
+def _apply_anchors(text: str, value: str, source: str) -> str:
+    """``--anchors "10,14,  23,27"`` -> cfg text with every [yolo] anchors= set (see specs.patch_anchors)."""
+    from detkit.darknet.specs import patch_anchors
+
+    try:
+        nums = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise CfgError(f"--anchors: expected comma-separated numbers 'w,h, w,h, ...', got {value!r}") from None
+    if not nums or len(nums) % 2:
+        raise CfgError(f"--anchors: expected an even number of values (w,h pairs), got {len(nums)}")
+    pairs = [(nums[i], nums[i + 1]) for i in range(0, len(nums), 2)]
+    patched = patch_anchors(text, pairs, source)
+    print(f"{source}: anchors= set to {len(pairs)} pairs in every [yolo]"
+          + ("" if patched != text else " (no change)"))
+    return patched
 
 
 def _check_output(out: Path, source: str) -> None:
