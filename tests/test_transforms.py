@@ -217,3 +217,18 @@ def test_bad_settings_raise(kwargs):
     args = {"img_size": (64, 64), **kwargs}
     with pytest.raises(TrainError):
         build_train_transforms(**args)
+
+
+def test_import_does_not_touch_network():
+    # albumentations checks PyPI for updates on import unless NO_ALBUMENTATIONS_UPDATE is set
+    import os
+    import subprocess
+    import sys
+    code = ("import socket, warnings\n"
+            "def deny(*a, **k):\n    raise SystemExit('network access: %r' % (a,))\n"
+            "socket.socket.connect = deny\nsocket.create_connection = deny\nsocket.getaddrinfo = deny\n"
+            "warnings.simplefilter('error')\n"
+            "import detkit.data.dataset, detkit.data.sampling, detkit.data.transforms\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -22,9 +22,8 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -34,6 +33,9 @@ from detkit.boxes import clip_xyxy, cxcywh_to_xyxy, denormalize_cxcywh, normaliz
 from detkit.data.datafiles import label_path_for, read_yolo_labels
 from detkit.data.images import read_image
 from detkit.data.transforms import LABEL_FIELD, PAD_FILL, find_letterbox
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 log = logging.getLogger(__name__)
 

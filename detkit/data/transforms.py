@@ -30,12 +30,18 @@ then letterboxed to the network size.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
-import albumentations as A
-import cv2
-import numpy as np
+# albumentations (>= 1.4) asks PyPI for a newer version on import unless this is set; detkit
+# never touches the network. setdefault: a user's explicit setting wins. It must precede the
+# first ``import albumentations`` anywhere in detkit, so every detkit module imports it via here.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from detkit.boxes import letterbox_params
 from detkit.data.images import letterbox
