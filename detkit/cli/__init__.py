@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "anchors_cmd",
     "stats_cmd",
     "export_cmd",
+    "demo_cmd",
 ]
 
 
