@@ -72,9 +72,10 @@ class YoloDataset(Dataset):
         ``image`` float32 tensor ``(3, H, W)`` in [0, 1], RGB;
         ``targets`` float32 tensor ``(K, 6)``: ``[0 (batch index, filled by collate_fn), class,
         cx, cy, w, h]`` normalised to the network input;
-        ``info`` dict: ``path`` (str), ``orig_size`` ``(w, h)`` of the image file, ``scale`` and
-        ``pad`` ``(pad_x, pad_y)`` of the final letterbox step (for the eval pipeline this maps
-        original pixels to network pixels: ``x * scale + pad_x``), ``index``, ``epoch``, ``mosaic``.
+        ``info`` dict: ``path`` (str), ``orig_size`` ``(w, h)`` of the image file (of the
+        ``2W x 2H`` canvas for a mosaic), ``scale`` and ``pad`` ``(pad_x, pad_y)`` of the final
+        letterbox step (for the eval pipeline this maps original pixels to network pixels:
+        ``x * scale + pad_x``), ``index``, ``epoch``, ``mosaic``.
     """
 
     def __init__(self, image_paths: Sequence[str | os.PathLike], num_classes: int,
