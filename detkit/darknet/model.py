@@ -60,6 +60,12 @@ class DarknetModel(nn.Module):
         min_w = min(s[2] for s in shapes)
         min_h = min(s[1] for s in shapes)
         self.max_stride = max(1, max(spec.net.width // min_w, spec.net.height // min_h))
+        # channels_last (NHWC) convolutions are markedly faster on CPU (oneDNN) and with AMP on GPU;
+        # parameters are stored NHWC and forward() converts its input (a no-op when already NHWC).
+        # Values, shapes and state_dict keys are unchanged; set ``model.channels_last = False`` and
+        # call ``model.to(memory_format=torch.contiguous_format)`` to run NCHW.
+        self.channels_last = True
+        self.to(memory_format=torch.channels_last)
 
     @property
     def conv_layers(self) -> list[tuple[int, ConvLayer]]:
@@ -80,6 +86,8 @@ class DarknetModel(nn.Module):
         h, w = int(x.shape[2]), int(x.shape[3])
         if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
             raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {self.max_stride}")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
