@@ -29,12 +29,26 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def parse_size_arg(value: str) -> tuple[int, int]:
+    """``"416"`` / ``"608x352"`` -> (W, H), positive multiples of 32 (the rule of
+    :func:`detkit.engine.predict.parse_img_size`, without importing torch for a data command)."""
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"image size must be N or WxH, got {value!r}") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or any(n <= 0 or n % 32 for n in nums):
+        raise ValueError(f"image size must be N or WxH with positive multiples of 32, got {value!r}")
+    return nums[0], nums[1]
+
+
 def run(args: argparse.Namespace) -> int:
     from detkit.darknet.cfg import resolve_cfg
     from detkit.darknet.specs import parse_network, patch_anchors
     from detkit.data.anchors import dataset_anchors, format_anchors, mean_best_iou
     from detkit.data.datafiles import load_data_config, write_text_atomic
-    from detkit.engine.predict import parse_img_size
 
     if args.write_cfg and not args.cfg:
         raise DataError("--write-cfg needs --cfg (the cfg to copy with the new anchors)")
@@ -46,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError("the cfg has no [yolo] layer", path=cfg_source)
     try:
         if args.img_size is not None:
-            img_size = parse_img_size(args.img_size)
+            img_size = parse_size_arg(args.img_size)
         else:
             img_size = (spec.net.width, spec.net.height) if spec is not None else (416, 416)
     except ValueError as exc:

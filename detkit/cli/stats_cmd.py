@@ -28,10 +28,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from detkit.data.datafiles import load_data_config
     from detkit.data.stats import compute_stats, format_stats, write_stats_json, write_stats_plots
-    from detkit.engine.predict import parse_img_size
+    from detkit.cli.anchors_cmd import parse_size_arg
 
     try:
-        img_size = parse_img_size(args.img_size)
+        img_size = parse_size_arg(args.img_size)
     except ValueError as exc:
         raise DataError(f"--img-size: {exc}") from None
     if args.json and not Path(args.json).parent.is_dir():
