@@ -174,25 +174,37 @@ def _walk(src: Path, logs: _Log) -> _Tree:
     xmls, images = [], []
     index: dict[str, dict[str, str]] = {}
     year_roots: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        dirnames.sort()
-        rel_dir = _rel(os.path.relpath(dirpath, src))
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if "Annotations" in dirnames and "JPEGImages" in dirnames:
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(src, rel_dir) if rel_dir else src), key=lambda e: e.name)
+        except OSError as exc:
+            logs.skip(rel_dir, "unreadable_folder", f"cannot list folder: {exc.strerror or exc}")
+            continue
+        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        if "Annotations" in dirs and "JPEGImages" in dirs:
             year_roots.add(rel_dir)
         folder = index.setdefault(rel_dir, {})
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if full.is_symlink() and not _inside(full.resolve(), real_src):
-                logs.skip(rel, "symlink_outside", "symbolic link leading outside SRC (not followed)")
+        for e in entries:
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            if e.is_dir(follow_symlinks=False):
                 continue
-            suffix = os.path.splitext(name)[1].lower()
+            if e.is_symlink():
+                if not _inside(Path(e.path).resolve(), real_src):
+                    logs.skip(rel, "symlink_outside", "symbolic link leading outside SRC (not followed)")
+                    continue
+                if not os.path.isfile(e.path):
+                    continue
+            suffix = os.path.splitext(e.name)[1].lower()
             if suffix == ".xml":
                 xmls.append(rel)
             elif suffix in IMAGE_EXTENSIONS:
                 images.append(rel)
-                folder[name.lower()] = name
+                folder[e.name.lower()] = e.name
+        stack.extend(f"{rel_dir}/{d}" if rel_dir else d for d in reversed(dirs))
+    xmls.sort()
+    images.sort()
     return _Tree(xmls, images, index, year_roots)
 
 
@@ -241,19 +253,98 @@ def _find_image(tree: _Tree, image_dir: str, rec: ImageRecord, xml_rel: str, log
     return None
 
 
-def _check_image(path: Path) -> tuple[int, int]:
+def _exif_orientation(tiff: bytes) -> int:
+    """EXIF orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 when absent/odd."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    e = "little" if tiff[:2] == b"II" else "big"
+    off = int.from_bytes(tiff[4:8], e)
+    if off + 2 > len(tiff):
+        return 1
+    for k in range(int.from_bytes(tiff[off:off + 2], e)):
+        p = off + 2 + 12 * k
+        if p + 12 > len(tiff):
+            break
+        if int.from_bytes(tiff[p:p + 2], e) == 0x0112:
+            typ = int.from_bytes(tiff[p + 2:p + 4], e)
+            if typ == 3:  # SHORT
+                v = int.from_bytes(tiff[p + 8:p + 10], e)
+            elif typ == 4:  # LONG
+                v = int.from_bytes(tiff[p + 8:p + 12], e)
+            else:
+                return 1
+            return v if 1 <= v <= 8 else 1
+    return 1
+
+
+def _fast_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) after EXIF orientation from a JPEG's markers or a PNG's IHDR; None: ask PIL.
+
+    Same answer as :func:`detkit.data.images.read_image_size` (tested), without building a PIL
+    image: the first ``Exif`` APP1 segment gives the orientation, the first SOFn frame the size.
+    """
+    if head[:2] == b"\xff\xd8":
+        i, n, orientation = 2, len(head), 1
+        seen_exif = False
+        while i + 4 <= n:
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker == 0xFF:
+                i += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                i += 2
+                continue
+            seglen = int.from_bytes(head[i + 2:i + 4], "big")
+            if seglen < 2:
+                return None
+            if marker == 0xE1 and not seen_exif and head[i + 4:i + 10] == b"Exif\x00\x00":
+                seen_exif = True
+                if i + 2 + seglen > n:
+                    return None
+                orientation = _exif_orientation(head[i + 10:i + 2 + seglen])
+            elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if i + 9 > n:
+                    return None
+                h = int.from_bytes(head[i + 5:i + 7], "big")
+                w = int.from_bytes(head[i + 7:i + 9], "big")
+                if w == 0 or h == 0:
+                    return None
+                return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            elif marker == 0xDA:
+                return None
+            i += 2 + seglen
+        return None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and b"eXIf" not in head:
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return (w, h) if w > 0 and h > 0 else None
+    return None
+
+
+_HEAD_BYTES = 128 * 1024
+
+
+def _check_image(path: str) -> tuple[int, int]:
     """Real (width, height) after EXIF orientation; raises ImageError for unreadable/truncated files.
 
-    The header gives the size; a JPEG without an end-of-image marker after its last scan, or a
-    PNG without its IEND chunk, is decoded in full (which raises for a file cut short).
+    The header gives the size (fast marker parser, PIL for anything else); a JPEG without an
+    end-of-image marker after its last scan, or a PNG without its IEND chunk, is decoded in full
+    (which raises for a file cut short).
     """
-    w, h = read_image_size(path)
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 64 * 1024))
-        tail = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+            if len(head) == _HEAD_BYTES:
+                fh.seek(-min(64 * 1024, max(0, os.fstat(fh.fileno()).st_size - _HEAD_BYTES)), os.SEEK_END)
+                tail = fh.read() or head
+            else:
+                tail = head
+    except OSError:
+        return read_image_size(path)  # raises ImageError with the reason
+    size = _fast_size(head)
+    if size is None:
+        size = read_image_size(path)
     if head[:2] == b"\xff\xd8":
         sos = tail.rfind(b"\xff\xda")
         eoi = tail.rfind(b"\xff\xd9")
@@ -264,7 +355,7 @@ def _check_image(path: Path) -> tuple[int, int]:
         complete = True
     if not complete:
         read_image(path)  # raises ImageError("truncated ...") when the data really is cut short
-    return w, h
+    return size
 
 
 # --------------------------------------------------------------------------- per annotation
@@ -421,13 +512,13 @@ def _clean_stale(out: Path) -> None:
                     shutil.rmtree(p, ignore_errors=True)
 
 
-def _place_image(src: Path, dst: Path, mode: str) -> str:
-    if src.suffix.lower() != dst.suffix.lower() and dst.suffix.lower() == ".png":
+def _place_image(src: str, dst: str, mode: str) -> str:
+    if os.path.splitext(src)[1].lower() == ".bmp":
         from PIL import Image  # BMP -> PNG, pixel-identical
         with Image.open(src) as im:
             buf = io.BytesIO()
             im.save(buf, "PNG")
-        dst.write_bytes(buf.getvalue())
+        _write_new(dst, buf.getvalue())
         return "png"
     if mode == "link":
         try:
@@ -437,6 +528,17 @@ def _place_image(src: Path, dst: Path, mode: str) -> str:
             pass
     shutil.copyfile(src, dst)
     return "copy"
+
+
+def _write_new(path: str, data: str | bytes) -> None:
+    """Create a new file inside the build folder (the folder as a whole is renamed into place)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, text: str) -> None:
@@ -497,17 +599,16 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         from tqdm import tqdm
         iterator = tqdm(tree.xmls, desc="convert-voc", unit="xml")
     for xml_rel in iterator:
-        parent = PurePosixPath(xml_rel).parent.as_posix()
-        parent = "" if parent == "." else parent
+        parent = xml_rel.rsplit("/", 1)[0] if "/" in xml_rel else ""
+        xml_stem = os.path.splitext(xml_rel.rsplit("/", 1)[-1])[0]
         group = None
-        if PurePosixPath(xml_rel).parent.name == "Annotations":
-            g = PurePosixPath(parent).parent.as_posix()
-            g = "" if g == "." else g
+        if parent == "Annotations" or parent.endswith("/Annotations"):
+            g = parent[: -len("Annotations")].rstrip("/")
             if g in tree.year_roots:
                 group = g
         image_dir = (f"{group}/JPEGImages" if group else "JPEGImages") if group is not None else parent
         try:
-            rec = read_voc_annotation(src / xml_rel)
+            rec = read_voc_annotation(os.path.join(src, xml_rel))
         except AnnotationError as exc:
             msg = exc.message + (f" (line {exc.line})" if exc.line else "")
             logs.skip(xml_rel, "bad_xml", msg)
@@ -521,7 +622,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             logs.skip(xml_rel, "duplicate_annotation", f"image {image_rel!r} is already annotated by {claimed[image_rel]!r}")
             continue
         try:
-            w, h = _check_image(src / image_rel)
+            w, h = _check_image(os.path.join(src, image_rel))
         except ImageError as exc:
             claimed[image_rel] = xml_rel
             logs.skip(image_rel, "bad_image", exc.message)
@@ -540,7 +641,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             logical = f"{group}/{inner}" if group else inner
         else:
             logical = image_rel
-        items.append(_Item(xml_rel, image_rel, logical, group, PurePosixPath(xml_rel).stem, w, h, rows, diff_names))
+        items.append(_Item(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names))
 
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
@@ -590,16 +691,21 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         rename_rows = []
         for d_src, d_new in sorted((k, v) for k, v in mapping.items() if k.endswith("/")):
             rename_rows.append(("folder", d_src.rstrip("/"), "images/" + d_new.rstrip("/")))
+        made_dirs: set[str] = set()
+        tmp_s = str(tmp)
         for it in sorted(items, key=lambda it: new_paths[it.image_rel]):
             new = new_paths[it.image_rel]
-            img_out = tmp / "images" / new
-            img_out.parent.mkdir(parents=True, exist_ok=True)
-            modes[_place_image(src / it.image_rel, img_out, opts.link)] += 1
             stem = new.rsplit(".", 1)[0]
+            folder = new.rsplit("/", 1)[0] if "/" in new else ""
+            if folder not in made_dirs:
+                os.makedirs(os.path.join(tmp_s, "images", folder), exist_ok=True)
+                os.makedirs(os.path.join(tmp_s, "labels", folder), exist_ok=True)
+                made_dirs.add(folder)
+            modes[_place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link)] += 1
             text = format_yolo_labels([(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects])
-            label = tmp / "labels" / f"{stem}.txt"
-            _write(label, text)
-            side = tmp / "images" / f"{stem}.txt"  # AlexeyAB's darknet looks beside the image
+            label = os.path.join(tmp_s, "labels", stem + ".txt")
+            _write_new(label, text)
+            side = os.path.join(tmp_s, "images", stem + ".txt")  # AlexeyAB's darknet looks beside the image
             try:
                 os.link(label, side)
             except OSError:

@@ -22,6 +22,7 @@ never on directory-listing order.
 """
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from pathlib import PurePosixPath
@@ -103,8 +104,8 @@ def sanitize_paths(paths: Iterable[str], ext_aliases: dict[str, str] | None = No
     # Build the tree: folder -> (subfolders, files), originals.
     folders: set[str] = set()
     for f in files:
-        parts = PurePosixPath(f).parts
-        if not parts or ".." in parts or PurePosixPath(f).is_absolute():
+        parts = f.split("/")
+        if not f or f.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"not a safe relative path: {f!r}")
         for i in range(1, len(parts)):
             folders.add("/".join(parts[:i]))
@@ -131,8 +132,8 @@ def sanitize_paths(paths: Iterable[str], ext_aliases: dict[str, str] | None = No
             if is_folder:
                 stem, ext = safe_stem(base), ""
             else:
-                pp = PurePosixPath(base)
-                stem, ext = (safe_stem(pp.stem), safe_extension(pp.suffix, ext_aliases)) if pp.suffix else (safe_stem(base), "")
+                root, suffix = os.path.splitext(base)
+                stem, ext = (safe_stem(root), safe_extension(suffix, ext_aliases)) if suffix else (safe_stem(base), "")
             wanted[path] = (stem, ext, is_folder, (stem + ext) == base and not
                             (is_folder and stem in _RESERVED_FOLDERS))
         taken.update(_RESERVED_FOLDERS)

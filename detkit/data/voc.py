@@ -20,7 +20,7 @@ import codecs
 import math
 import os
 import re
-from pathlib import Path
+from xml.etree import ElementTree as _ET
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
 import defusedxml.ElementTree as DET
@@ -77,8 +77,26 @@ def _to_expat_encoding(data: bytes, path: str) -> bytes:
     return text.lstrip("\ufeff").encode("utf-8")
 
 
+def _parse_fast(data: bytes) -> Element | None:
+    """C-accelerated parse, only for documents that cannot declare entities.
+
+    A document without any ``<!`` (no DOCTYPE, hence no entity declarations; also no comments
+    or CDATA) and without NUL bytes (an ASCII-compatible encoding, so the byte check cannot be
+    dodged with UTF-16) can only use the five predefined entities: nothing to expand or fetch.
+    Everything else, and every error, goes through the hardened ``defusedxml`` parser.
+    """
+    if b"<!" in data or b"\x00" in data:
+        return None
+    try:
+        parser = _ET.XMLParser()
+        parser.feed(data)
+        return parser.close()
+    except (ParseError, ValueError, UnicodeError):
+        return None
+
+
 def _parse(data: bytes, path: str) -> tuple[Element, dict[int, int]]:
-    data = _to_expat_encoding(data, path)
+    """Hardened parse (defusedxml) that records every element's line."""
     builder = _LineTreeBuilder()
     parser = DET.DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True,
                                   forbid_external=True)
@@ -155,7 +173,18 @@ def parse_voc_annotation(data: bytes, source: str | os.PathLike = "<bytes>") -> 
         AnnotationError: malformed/unsafe/non-VOC XML, with file and line where known.
     """
     path = os.fspath(source)
+    data = _to_expat_encoding(data, path)
+    root = _parse_fast(data)
+    if root is not None:
+        try:
+            return _record(root, {}, path)
+        except AnnotationError:
+            pass  # parse again with line tracking for the message
     root, lines = _parse(data, path)
+    return _record(root, lines, path)
+
+
+def _record(root: Element, lines: dict[int, int], path: str) -> ImageRecord:
     if root.tag != "annotation":
         raise AnnotationError(f"not a VOC annotation: root element is <{root.tag}>, expected <annotation>",
                               path=path, line=lines.get(id(root)))
@@ -184,9 +213,10 @@ def read_voc_annotation(xml_path: str | os.PathLike) -> ImageRecord:
     Raises:
         AnnotationError: unreadable, malformed, unsafe or non-VOC file (message names the file).
     """
-    p = Path(xml_path)
+    p = os.fspath(xml_path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise AnnotationError(f"cannot read annotation: {exc.strerror or exc}", path=p) from None
     return parse_voc_annotation(data, p)
