@@ -232,3 +232,19 @@ def test_import_detkit_is_cheap_and_side_effect_free():
             "assert callable(detkit.build_model); assert 'torch' in sys.modules; "
             "assert set(['build_model','load_darknet_weights','save_darknet_weights','DarknetModel']) <= set(dir(detkit))")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_channels_last_default_and_nchw_give_same_outputs():
+    torch.manual_seed(0)
+    model = detkit.build_model("yolov3-tiny", num_classes=2)
+    assert model.channels_last  # default: NHWC parameters (faster CPU forward)
+    assert model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    model.eval()
+    x = torch.rand(1, 3, 96, 64)
+    with torch.no_grad():
+        nhwc = model(x)
+        model.to(memory_format=torch.contiguous_format)
+        assert not model.channels_last
+        nchw = model(x)
+    assert torch.allclose(nhwc, nchw, rtol=1e-4, atol=1e-3)
+    assert list(model.state_dict()) == list(detkit.build_model("yolov3-tiny", num_classes=2).state_dict())

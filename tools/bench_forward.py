@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 fmt = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
                 model.to(memory_format=fmt)
-                model.channels_last = fmt is torch.channels_last  # detkit's default eval path is NHWC
+                assert model.channels_last == (fmt is torch.channels_last)  # forward follows the params
                 xin = x.contiguous(memory_format=fmt)
                 bf16 = mode.startswith("bf16")
 

@@ -17,9 +17,24 @@ from torch import nn
 
 from detkit.darknet.cfg import resolve_cfg
 from detkit.darknet.layers import ConvLayer, RouteLayer, ShortcutLayer, YoloLayer, build_layer
-from detkit.darknet.specs import CfgEdit, NetSpec, NetworkSpec, infer_shapes, load_network_spec
+from detkit.darknet.specs import CfgEdit, ConvSpec, NetSpec, NetworkSpec, infer_shapes, load_network_spec
+from detkit.errors import CfgError
 
 log = logging.getLogger(__name__)
+
+#: Largest model built (parameters; 4 GB of float32). A cfg claiming more is refused before allocating.
+MAX_PARAMETERS = 1_000_000_000
+
+
+def count_parameters(spec: NetworkSpec, shapes: list[tuple[int, int, int]]) -> int:
+    """Trainable parameters of the model ``spec`` builds (``shapes`` from :func:`infer_shapes`)."""
+    total, in_c = 0, spec.net.channels
+    for layer, shape in zip(spec.layers, shapes):
+        if isinstance(layer, ConvSpec):
+            total += layer.filters * (in_c // layer.groups) * layer.size * layer.size
+            total += layer.filters * (2 if layer.batch_normalize else 1)
+        in_c = shape[0]
+    return total
 
 
 class DarknetModel(nn.Module):
@@ -45,6 +60,12 @@ class DarknetModel(nn.Module):
         self.num_classes: int = spec.num_classes
         self.weights_header: tuple[int, int, int, int] | None = None
         shapes = infer_shapes(spec)
+        n_params = count_parameters(spec, shapes)
+        if n_params > MAX_PARAMETERS:
+            biggest = max((x for x in spec.layers if isinstance(x, ConvSpec)), key=lambda x: x.filters * x.size ** 2)
+            raise CfgError(f"the network would have {n_params:,} parameters, above the {MAX_PARAMETERS:,} limit "
+                           f"(largest: layer {biggest.index} filters={biggest.filters} size={biggest.size})",
+                           path=spec.source, line=biggest.line)
         self.layers = nn.ModuleList()
         in_c = spec.net.channels
         for layer_spec, shape in zip(spec.layers, shapes):
@@ -60,12 +81,26 @@ class DarknetModel(nn.Module):
         min_w = min(s[2] for s in shapes)
         min_h = min(s[1] for s in shapes)
         self.max_stride = max(1, max(spec.net.width // min_w, spec.net.height // min_h))
-        # channels_last (NHWC) convolutions are markedly faster on CPU (oneDNN) and with AMP on GPU;
-        # parameters are stored NHWC and forward() converts its input (a no-op when already NHWC).
-        # Values, shapes and state_dict keys are unchanged; set ``model.channels_last = False`` and
-        # call ``model.to(memory_format=torch.contiguous_format)`` to run NCHW.
-        self.channels_last = True
+        # channels_last (NHWC) convolutions are markedly faster on CPU (oneDNN) and with AMP on GPU:
+        # parameters are stored NHWC by default and forward() feeds its input in the parameters'
+        # layout. Values, shapes and state_dict keys are the same either way;
+        # ``model.to(memory_format=torch.contiguous_format)`` switches the whole model to NCHW.
         self.to(memory_format=torch.channels_last)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the parameters are stored channels_last (then forward() runs NHWC)."""
+        w = self._probe_weight()
+        return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+    def _probe_weight(self) -> torch.Tensor | None:
+        # a conv weight whose NCHW and NHWC layouts differ (in_channels * k > 1); looked up each time
+        # because .to() may replace parameter tensors
+        for _, m in self.conv_layers:
+            w = m.conv.weight
+            if w.shape[1] * w.shape[2] > 1:
+                return w
+        return None
 
     @property
     def conv_layers(self) -> list[tuple[int, ConvLayer]]:
@@ -86,8 +121,7 @@ class DarknetModel(nn.Module):
         h, w = int(x.shape[2]), int(x.shape[3])
         if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
             raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {self.max_stride}")
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
