@@ -664,3 +664,29 @@ def test_cli_exit_codes_and_summary(tmp_path, monkeypatch, capsys):
     assert "1 warnings" in capsys.readouterr().err
     assert cli.main(["convert-voc", str(tmp_path / "src2"), str(tmp_path / "out4"), "--strict"]) == 1
     assert not (tmp_path / "out4").exists()
+
+
+# --------------------------------------------------------------------------- fast header reader
+
+
+@pytest.mark.parametrize("mode,fmt,orientation,progressive", [
+    ("RGB", "JPEG", None, False), ("RGB", "JPEG", 6, False), ("RGB", "JPEG", 8, True), ("RGB", "JPEG", 3, False),
+    ("RGB", "JPEG", 5, False), ("L", "JPEG", None, True), ("CMYK", "JPEG", 7, False), ("RGB", "PNG", None, False),
+    ("RGBA", "PNG", None, False), ("RGB", "BMP", None, False), ("L", "PNG", None, False),
+])
+def test_fast_size_matches_read_image_size(tmp_path, mode, fmt, orientation, progressive):
+    from detkit.data.images import read_image, read_image_size
+    p = tmp_path / f"x.{fmt.lower()}"
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (37, 53, 3), dtype=np.uint8)).convert(mode)
+    kw = {"progressive": True} if progressive else {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "detkit test camera"  # more than one IFD entry
+        kw["exif"] = exif.tobytes()
+    img.save(p, fmt, **kw)
+    ref = read_image_size(p)
+    assert convert_mod._check_image(str(p)) == ref
+    assert ref == read_image(p).shape[1::-1]  # and both agree with the decoded, oriented pixels
+    if fmt != "BMP":
+        assert convert_mod._fast_size(p.read_bytes()) == ref  # the marker parser itself answered

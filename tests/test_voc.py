@@ -147,3 +147,20 @@ def test_real_raccoon_file(shared):
 
 
 test_real_raccoon_file = pytest.mark.real(test_real_raccoon_file)
+
+
+def test_fast_and_hardened_parsers_agree():
+    """DTD-free files take the C parser; a comment forces the hardened one: same record."""
+    body = _obj() + _obj("狗", ("1.5", "2", "3", "4"), "<difficult>1</difficult>")
+    plain = _xml(body)
+    with_comment = plain.replace(b"<annotation>", b"<annotation><!-- labelImg -->")
+    assert parse_voc_annotation(plain, "f.xml") == parse_voc_annotation(with_comment, "f.xml")
+
+
+def test_utf16_file_goes_through_hardened_parser():
+    x = '<?xml version="1.0" encoding="UTF-16"?><annotation><filename>a.jpg</filename></annotation>'
+    assert parse_voc_annotation(x.encode("utf-16"), "f.xml").filename == "a.jpg"
+    bad = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY e "x">]>'
+           "<annotation><filename>&e;</filename></annotation>")
+    with pytest.raises(AnnotationError, match="unsafe"):
+        parse_voc_annotation(bad.encode("utf-16"), "f.xml")
