@@ -225,3 +225,21 @@ def test_real_yolov3_tiny_onnx_at_416(shared, tmp_path):
         assert np.abs(out[..., 4:] - ref[..., 4:]).max() <= TOL  # probabilities
         # boxes are pixels up to ~400: float32 convolution order differences give ~1e-3 px at most
         np.testing.assert_allclose(out[..., :4], ref[..., :4], rtol=1e-5, atol=2e-3)
+
+
+def test_cli_export_from_a_training_checkpoint_prefers_ema(tmp_path, capsys):
+    from detkit.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    raw, ema = _model("yolov3-tiny", classes=3, seed=8), _model("yolov3-tiny", classes=3, seed=9)
+    ckpt = save_checkpoint({"format": CHECKPOINT_FORMAT, "version": 1, "model": raw.state_dict(),
+                            "ema": {"module": ema.state_dict(), "updates": 10, "decay": 0.9999, "tau": 2000},
+                            "class_names": ["a", "b", "c"]}, tmp_path / "last.pt")
+    detkit.save_darknet_weights(ema, tmp_path / "ema.weights")
+    out = tmp_path / "from_ckpt.weights"
+    assert main(["export", "--cfg", "yolov3-tiny", "--weights", str(ckpt), "--format", "darknet", "-o", str(out)]) == 0
+    assert out.read_bytes() == (tmp_path / "ema.weights").read_bytes()  # 3 classes taken from class_names
+    capsys.readouterr()
+    assert main(["export", "--cfg", "yolov3-tiny", "--weights", str(ckpt), "--classes", "2", "--format", "darknet",
+                 "-o", str(tmp_path / "bad.weights")]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit" in err and err.count("\n") == 1

@@ -69,7 +69,12 @@ def load_model_for_export(cfg: str, weights: str | os.PathLike, num_classes: int
         state = ema["module"] if isinstance(ema, dict) and ema.get("module") else payload.get("model")
         if not isinstance(state, dict):
             raise WeightsError("checkpoint holds no model state", path=w)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch: another cfg or class count
+            detail = str(exc).strip().splitlines()[1].strip() if len(str(exc).strip().splitlines()) > 1 else exc
+            raise WeightsError(f"checkpoint does not fit {cfg} with {model.num_classes} classes "
+                               f"(trained with {len(names) or '?'}): {detail}", path=w) from None
         if missing or unexpected:
             raise WeightsError(f"checkpoint does not fit {cfg} (missing {list(missing)[:3]}, "
                                f"unexpected {list(unexpected)[:3]})", path=w)
