@@ -248,3 +248,30 @@ def test_channels_last_default_and_nchw_give_same_outputs():
         nchw = model(x)
     assert torch.allclose(nhwc, nchw, rtol=1e-4, atol=1e-3)
     assert list(model.state_dict()) == list(detkit.build_model("yolov3-tiny", num_classes=2).state_dict())
+
+
+def test_inference_bn_folding_matches_unfused_and_tracks_weight_changes():
+    torch.manual_seed(0)
+    model = detkit.build_model("yolov3-tiny", num_classes=2)
+    with torch.no_grad():
+        for _, conv in model.conv_layers:
+            if conv.bn is not None:
+                conv.bn.running_var.uniform_(0.5, 2.0)
+                conv.bn.running_mean.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+
+    def unfused():  # with grad enabled the plain conv -> BN path runs
+        with torch.enable_grad():
+            return model(x).detach()
+
+    with torch.no_grad():
+        fused = model(x)
+    assert torch.allclose(fused, unfused(), rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        model.layers[0].bn.running_var.mul_(3.0)  # in-place change, as weight loading does
+        model.layers[2].conv.weight.mul_(0.5)
+    with torch.inference_mode():
+        changed = model(x)
+    assert not torch.allclose(changed, fused, atol=1e-3)
+    assert torch.allclose(changed, unfused(), rtol=1e-4, atol=1e-3)

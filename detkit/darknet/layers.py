@@ -47,12 +47,34 @@ class ConvLayer(nn.Module):
                               dilation=spec.dilation, groups=spec.groups, bias=not spec.batch_normalize)
         self.bn = nn.BatchNorm2d(spec.filters, eps=BN_EPS, momentum=BN_MOMENTUM) if spec.batch_normalize else None
         self.act = make_activation(spec.activation)
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None and not self.training and not torch.is_grad_enabled():
+            # inference: BN folded into the conv (as OpenCV and darknet's own fuse do); one pass less
+            weight, bias = self._fused_params()
+            c = self.conv
+            return self.act(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups))
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         return self.act(x)
+
+    def _fused_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv weight and bias with the eval-mode BN folded in, cached until any input tensor changes.
+
+        The cache key holds each tensor's identity and in-place version counter, so loading weights,
+        an optimizer step or ``.to()`` all invalidate it.
+        """
+        tensors = (self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (self.bn.eps,)
+        if self._fused is None or self._fused[0] != key:
+            w, gamma, beta, mean, var = (t.detach() for t in tensors)
+            scale = gamma / torch.sqrt(var + self.bn.eps)  # (filters,)
+            weight = w * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
+            bias = beta - mean * scale
+            self._fused = (key, weight, bias)
+        return self._fused[1], self._fused[2]
 
 
 class MaxPoolLayer(nn.Module):
