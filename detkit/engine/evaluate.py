@@ -44,6 +44,11 @@ import numpy as np
 from detkit.errors import AnnotationError, EvalError, ImageError
 from detkit.metrics import DetTable, EvalReport, GTTable, evaluate
 
+try:  # optional accelerator for large results files
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
 log = logging.getLogger(__name__)
 
 PredFormat = Literal["auto", "coco", "comp4", "txt", "yolo"]
@@ -81,9 +86,13 @@ class GroundTruth:
 # --------------------------------------------------------------------------- helpers
 
 def _read_json(path: Path):
+    """Parse a JSON file (orjson when installed: same numbers as the json module, ~2x faster)."""
     try:
         with open(path, "rb") as fh:
-            return json.load(fh)
+            data = fh.read()
+        if _orjson is not None:
+            return _orjson.loads(data)
+        return json.loads(data)
     except OSError as exc:
         raise AnnotationError(f"cannot read JSON: {exc.strerror or exc}", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -429,6 +438,26 @@ def _floats(fields: list[str], path: Path, line: int) -> list[float]:
     return vals
 
 
+def _map_ids(values: list, sorted_ids: tuple, lookup: dict) -> np.ndarray | None:
+    """Map ids to indices (-1: unknown). Integer ids go through one vectorised searchsorted; any
+    other id type returns None (the caller then maps with the dict)."""
+    if not values:
+        return np.zeros(0, np.int64)
+    if not sorted_ids or not all(type(i) is int for i in sorted_ids[:1]):
+        return None
+    try:
+        arr = np.array(values)
+    except (ValueError, OverflowError):
+        return None
+    if arr.dtype.kind != "i" or arr.ndim != 1:
+        return None
+    ref = np.array(sorted_ids)
+    if ref.dtype.kind != "i" or (ref.size > 1 and not (ref[1:] > ref[:-1]).all()):
+        return None
+    pos = np.clip(np.searchsorted(ref, arr), 0, ref.size - 1)
+    return np.where(ref[pos] == arr, pos, -1).astype(np.int64)
+
+
 def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, bool]:
     doc = _read_json(p)
     if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
@@ -451,17 +480,17 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
     lookup = _image_lookup(gt)
     if gt.kind == "coco":
         cindex = {c: k for k, c in enumerate(gt.category_ids or [])}
-        try:
-            img_index = np.array([lookup[i] for i in r_img], np.int64)
-        except (KeyError, TypeError):
+        img_index = _map_ids(r_img, gt.table.image_ids, lookup)
+        if img_index is None or (img_index < 0).any():
             bad = next(k for k, i in enumerate(r_img) if not isinstance(i, (int, str)) or i not in lookup)
-            raise EvalError(f"results[{bad}]: image_id {r_img[bad]!r} is not an image of the ground truth", path=p) \
-                from None
-        keep = np.array([c in cindex for c in r_cat], bool) if r_cat else np.zeros(0, bool)
+            raise EvalError(f"results[{bad}]: image_id {r_img[bad]!r} is not an image of the ground truth", path=p)
+        labels = _map_ids(r_cat, tuple(gt.category_ids or ()), cindex)
+        if labels is None:
+            labels = np.array([cindex.get(c, -1) if isinstance(c, (int, str)) else -1 for c in r_cat], np.int64)
+        keep = labels >= 0
         if not keep.all():
             log.warning("%s: %d results have a category_id absent from the ground truth; ignored (as pycocotools)",
                         p, int((~keep).sum()))
-        labels = np.array([cindex.get(c, -1) for c in r_cat], np.int64)
     else:
         img_index = np.empty(len(doc), np.int64)
         labels = np.empty(len(doc), np.int64)

@@ -106,6 +106,15 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     ])
 
 
+def _run_cumsum(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sum along axis 1 restarting at every run start: (T, D) bool -> (T, D) int64."""
+    x = flags.astype(np.int32)
+    if starts.size > 1:
+        tot = np.add.reduceat(x, starts, axis=1)
+        x[:, starts[1:]] -= tot[:, :-1]  # the running sum returns to 0 at each run start
+    return np.cumsum(x, axis=1)
+
+
 def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
     """Evaluate detections against ground truth with pycocotools' bbox rules (module docstring).
 
@@ -130,13 +139,33 @@ def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
     # --- rank detections inside their (image, category) group; keep rank < maxDets[-1]
     dkey = dt.image_index * K + dt.labels
     gkey = gt.image_index * K + gt.labels
-    grp_order = np.lexsort((np.arange(n_dt), -dt.scores, dkey))
+    n_img_ = max(len(gt.image_ids), 1)
+    # one stable sort by score; ties broken by input order (pycocotools: mergesort on -score)
+    s0 = np.argsort(-dt.scores, kind="stable")
+    p0 = np.empty(n_dt, np.int64)
+    p0[s0] = np.arange(n_dt)
+    grp_order = np.lexsort((p0, dkey)) if K * n_img_ * max(n_dt, 1) >= 2 ** 62 else \
+        np.argsort(dkey * max(n_dt, 1) + p0)  # unique keys: (group, score rank)
     gstarts = segment_starts(dkey[grp_order])
     glens = np.diff(np.append(gstarts, n_dt))
     rank_sorted = np.arange(n_dt) - np.repeat(gstarts, glens)
     rank = np.empty(n_dt, np.int64)
     rank[grp_order] = rank_sorted
     kept_sorted = grp_order[rank_sorted < max_det]  # grouped, score order within group
+    # evaluation order (pycocotools' stable merges): category, score desc, image, input order
+    ss = -dt.scores[s0]
+    dense = np.empty(n_dt, np.int64)  # dense rank of the score (equal scores share a rank)
+    dense[s0] = np.concatenate(([0], np.cumsum(ss[1:] != ss[:-1]))) if n_dt else np.zeros(0, np.int64)
+    ks = kept_sorted
+    n_img = max(len(gt.image_ids), 1)
+    if K * max(n_dt, 1) * n_img < 2 ** 62:  # one int64 key; the stable sort keeps input order on ties
+        ekey = (dt.labels[ks] * max(n_dt, 1) + dense[ks]) * n_img + dt.image_index[ks]
+        eo = ks[np.argsort(ekey, kind="stable")]
+    else:  # pragma: no cover - astronomically large sets
+        eo = ks[np.lexsort((ks, dt.image_index[ks], dense[ks], dt.labels[ks]))]
+    D = eo.size
+    pos_in_eval = np.full(n_dt, -1, np.int64)
+    pos_in_eval[eo] = np.arange(D)
 
     # --- candidate pairs (IoU >= lowest threshold): the only pairs that can ever match
     thr = np.minimum(IOU_THRS, 1 - 1e-10)
@@ -152,116 +181,113 @@ def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
         pd = pg = np.zeros(0, np.int64); piou = np.zeros(0)
 
     # --- greedy matching in rounds (candidate rank within group), all (A, T) at once
-    match = np.full((A, T, n_dt), -1, np.int64)  # matched object index per detection
-    if pd.size:
-        # rank among detections that have candidates, per group
-        cdets = pd[segment_starts(pd)]  # distinct candidate detections, grouped order
+    cdets = pd[segment_starts(pd)] if pd.size else np.zeros(0, np.int64)  # candidate detections, grouped
+    n_c = cdets.size
+    match = np.full((A, T, n_c), -1, np.int64)  # matched object per candidate detection
+    if n_c:
+        cidx = np.zeros(n_dt, np.int64)
+        cidx[cdets] = np.arange(n_c)
         cstarts = segment_starts(dkey[cdets])
-        clens = np.diff(np.append(cstarts, cdets.size))
-        crank_of = np.zeros(n_dt, np.int64)
-        crank_of[cdets] = np.arange(cdets.size) - np.repeat(cstarts, clens)
-        pr_round = crank_of[pd]
+        clens = np.diff(np.append(cstarts, n_c))
+        crank = np.arange(n_c) - np.repeat(cstarts, clens)  # rank among the group's candidates
+        pc = cidx[pd]
+        pr_round = crank[pc]
         porder = np.argsort(pr_round, kind="stable")
-        pd, pg, piou, pr_round = pd[porder], pg[porder], piou[porder], pr_round[porder]
+        pc, pg, piou, pr_round = pc[porder], pg[porder], piou[porder], pr_round[porder]
         rb = np.searchsorted(pr_round, np.arange(pr_round[-1] + 2))
         used = np.zeros((A, T, n_gt), bool)
         pair_valid_t = piou[None, :] >= thr[:, None]  # (T, P)
         pcrowd = crowd[pg]
         for r in range(len(rb) - 1):
             s, e = rb[r], rb[r + 1]
-            d_r, g_r = pd[s:e], pg[s:e]
+            c_r, g_r = pc[s:e], pg[s:e]
             ig = g_ig[:, g_r]  # (A, P)
             valid = pair_valid_t[None, :, s:e] & ~(used[:, :, g_r] & ~pcrowd[s:e])  # (A, T, P)
-            st = segment_starts(d_r)
-            ln = np.diff(np.append(st, d_r.size))
+            st = segment_starts(c_r)
+            ln = np.diff(np.append(st, c_r.size))
             has_reg = np.logical_or.reduceat(valid & ~ig[:, None, :], st, axis=2)  # (A, T, nd)
             cand = valid & (ig[:, None, :] != np.repeat(has_reg, ln, axis=2))
             val = np.where(cand, piou[None, None, s:e], -1.0)
             vmax = np.maximum.reduceat(val, st, axis=2)
             is_max = cand & (val == np.repeat(vmax, ln, axis=2))
-            pos = np.where(is_max, np.arange(d_r.size), -1)
+            pos = np.where(is_max, np.arange(c_r.size), -1)
             win = np.maximum.reduceat(pos, st, axis=2)  # last maximum (ties -> later object)
             a_i, t_i, j = np.nonzero(win >= 0)
             wp = win[a_i, t_i, j]
-            match[a_i, t_i, d_r[st[j]]] = g_r[wp]
+            match[a_i, t_i, c_r[st[j]]] = g_r[wp]
             used[a_i, t_i, g_r[wp]] = True
 
-    matched = match >= 0
-    mg = np.where(matched, match, 0)
-    if n_gt:
-        dtm_nonzero = matched & ~g_zero[mg]  # the reference tests the stored annotation id
-        ig_of_match = np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_dt)
-    else:
-        dtm_nonzero = ig_of_match = np.zeros((A, T, n_dt), bool)
-    dt_ig = (matched & ig_of_match) | (~dtm_nonzero & d_out[:, None, :])
-    tp_all = dtm_nonzero & ~dt_ig  # (A, T, n_dt)
-    fp_all = ~dtm_nonzero & ~dt_ig
+    # --- per-detection outcome in evaluation order: (A, T, D) tp / ignored
+    out_e = d_out[:, eo]  # (A, D)
+    tp_e = np.zeros((A, T, D), bool)
+    ig_e = np.repeat(out_e[:, None, :], T, axis=1)  # unmatched: ignored iff out of the area range
+    if n_c:
+        cp = pos_in_eval[cdets]
+        live = cp >= 0
+        matched = match >= 0
+        mg = np.where(matched, match, 0)
+        nz = matched & ~g_zero[mg]  # the reference tests the stored annotation id (0 = unmatched)
+        ig_m = np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_c)
+        ig_c = (matched & ig_m) | (~nz & d_out[:, None, cdets])
+        tp_e[:, :, cp[live]] = (nz & ~ig_c)[:, :, live]
+        ig_e[:, :, cp[live]] = ig_c[:, :, live]
+    fp_e = ~tp_e & ~ig_e
 
     # --- accumulate
     npig = np.zeros((K, A), np.int64)
     for a in range(A):
         npig[:, a] = np.bincount(gt.labels[~g_ig[a]], minlength=K)[:K]
-    kept = np.zeros(n_dt, bool)
-    kept[kept_sorted] = True
-    recall = -np.ones((T, K, A, M))
-    det_labels = dt.labels
-    for m_i, md in enumerate(MAX_DETS):
-        inc = kept & (rank < md)
+    cat_e = dt.labels[eo]
+    rank_e = rank[eo]
+    precision = np.where(npig[None, None, :, :] > 0, 0.0, -1.0) * np.ones((T, R, 1, 1))  # (T, R, K, A)
+    recall = np.where(npig[None, :, :, None] > 0, 0.0, -1.0) * np.ones((T, 1, 1, M))  # (T, K, A, M)
+    if D:
+        rs = segment_starts(cat_e)  # category runs in evaluation order
+        nr = rs.size
+        rl = np.diff(np.append(rs, D))
+        rk = cat_e[rs]
+        run_of = np.repeat(np.arange(nr), rl)
+        idx_in = np.arange(D) - np.repeat(rs, rl)
+        eps = np.spacing(1)
+        pad_pos = np.arange(D) + run_of  # position in a row with a 0 sentinel after every run
+        base = rs + np.arange(nr)  # start of each run in a padded row
         for a in range(A):
-            tp_cnt = np.zeros((T, K))
-            for t in range(T):
-                tp_cnt[t] = np.bincount(det_labels[inc & tp_all[a, t]], minlength=K)[:K]
+            np_k = npig[:, a]
+            live_r = np_k[rk] > 0
+            # within-run cumulative TP / ignored (the reference keeps ignored detections as no-ops)
+            tp_c = _run_cumsum(tp_e[a], rs)  # (T, D)
+            ig_c = _run_cumsum(ig_e[a], rs)
+            lr = np.flatnonzero(live_r)
+            recall[:, rk[lr], a, M - 1] = tp_c[:, rs[lr] + rl[lr] - 1] / np_k[rk[lr]][None, :]
+            tpf = tp_c.astype(np.float64)
+            fpf = (idx_in[None, :] + 1 - tp_c - ig_c).astype(np.float64)
+            pr = tpf / (fpf + tpf + eps)
+            # first index with rc >= thr  ==  number of rc < thr  (rc is non-decreasing in a run);
+            # rc = n / npig for integer n, so searchsorted is tabulated once per category
+            off = np.concatenate(([0], np.cumsum(np_k + 1)))
+            n_tab = np.arange(off[-1]) - np.repeat(off[:-1], np_k + 1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                rc = tp_cnt / npig[None, :, a]
-            recall[:, :, a, m_i] = np.where(npig[None, :, a] > 0, rc, -1.0)
-
-    # evaluation order: category asc, score desc, image asc, input order (stable merges)
-    cand_idx = kept_sorted
-    eo = np.lexsort((cand_idx, dt.image_index[cand_idx], -dt.scores[cand_idx], det_labels[cand_idx]))
-    det_order = cand_idx[eo]
-    lab_o = det_labels[det_order]
-    precision = -np.ones((T, R, K, A))
-    eps = np.spacing(1)
-    for a in range(A):
-        tp_o = tp_all[a][:, det_order]  # (T, D)
-        fp_o = fp_all[a][:, det_order]
-        t_i, p_i = np.nonzero(tp_o | fp_o)  # non-ignored detections, t-major then rank
-        pa = np.where(npig[:, a] > 0, 0.0, -1.0)  # (K,)
-        precision[:, :, :, a] = pa[None, None, :]
-        if t_i.size == 0:
-            continue
-        seg = t_i * K + lab_o[p_i]
-        st = segment_starts(seg)
-        ln = np.diff(np.append(st, seg.size))
-        flag = tp_o[t_i, p_i]
-        cs = np.cumsum(flag)
-        before = np.repeat(cs[st] - flag[st], ln)
-        tp = (cs - before).astype(np.float64)
-        idx_in = np.arange(seg.size) - np.repeat(st, ln)
-        fp = (idx_in + 1).astype(np.float64) - tp
-        seg_ids = seg[st]
-        seg_k = seg_ids % K
-        npig_seg = npig[seg_k, a]
-        live = npig_seg > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rc = tp / np.repeat(npig_seg, ln)
-        pr = tp / (fp + tp + eps)
-        # first index with rc >= thr  ==  number of rc < thr  (rc non-decreasing in a run)
-        ridx = np.searchsorted(REC_THRS, rc, side="right")  # thr[r] > rc  <=>  r >= ridx
-        nseg = st.size
-        hist = np.bincount(np.repeat(np.arange(nseg), ln) * (R + 1) + ridx, minlength=nseg * (R + 1))
-        cnt = np.cumsum(hist.reshape(nseg, R + 1), axis=1)[:, :R]  # (nseg, R)
-        # flat pr with a 0 sentinel after every run: reduceat never crosses into the next run
-        flat = np.zeros(seg.size + nseg)
-        shift = np.repeat(np.arange(nseg), ln)
-        flat[np.arange(seg.size) + shift] = pr
-        base = st + np.arange(nseg)  # start of each run in ``flat``
-        at = (base[:, None] + cnt).reshape(-1)
-        chunk = np.maximum.reduceat(flat, at).reshape(nseg, R)
-        q = np.maximum.accumulate(chunk[:, ::-1], axis=1)[:, ::-1]
-        q = np.where(cnt < ln[:, None], q, 0.0)
-        q = q[live]
-        precision[seg_ids[live] // K, :, seg_k[live], a] = q
+                tab = np.searchsorted(REC_THRS, n_tab / np.repeat(np_k, np_k + 1), side="right")
+            ridx = tab[off[cat_e][None, :] + tp_c]  # (T, D): thr[r] > rc <=> r >= ridx
+            key = (np.arange(T)[:, None] * nr + run_of[None, :]) * (R + 1) + ridx
+            hist = np.bincount(key.ravel(), minlength=T * nr * (R + 1)).reshape(T, nr, R + 1)
+            cnt = np.cumsum(hist, axis=2)[:, :, :R]  # (T, nr, R)
+            padded = np.zeros((T, D + nr))
+            padded[:, pad_pos] = pr
+            at = (np.arange(T)[:, None, None] * (D + nr) + base[None, :, None] + cnt).ravel()
+            chunk = np.maximum.reduceat(padded.ravel(), at).reshape(T, nr, R)
+            q = np.maximum.accumulate(chunk[:, :, ::-1], axis=2)[:, :, ::-1]
+            q = np.where(cnt < rl[None, :, None], q, 0.0)
+            precision[:, :, rk[live_r], a] = q[:, live_r, :].transpose(0, 2, 1)
+            for m_i, md in enumerate(MAX_DETS[:-1]):
+                sel = np.flatnonzero(rank_e < md)
+                if sel.size == 0:
+                    continue
+                ss = segment_starts(cat_e[sel])
+                cnt_m = np.add.reduceat(tp_e[a][:, sel].astype(np.int64), ss, axis=1)  # (T, runs)
+                kk = cat_e[sel][ss]
+                ok = np_k[kk] > 0
+                recall[:, kk[ok], a, m_i] = cnt_m[:, ok] / np_k[kk[ok]][None, :]
     stats = _summarize(precision, recall)
-    return CocoResult(precision=precision, recall=recall, stats=stats, npig=npig, det_order=det_order,
-                      det_tp=tp_all[0][:, det_order], det_fp=fp_all[0][:, det_order])
+    return CocoResult(precision=precision, recall=recall, stats=stats, npig=npig, det_order=eo,
+                      det_tp=tp_e[0], det_fp=fp_e[0])
