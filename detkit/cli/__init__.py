@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cfg_cmd",
     "convert_cmd",
     "detect_cmd",
+    "train_cmd",
     "eval_cmd",
     "anchors_cmd",
     "stats_cmd",

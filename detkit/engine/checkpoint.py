@@ -105,9 +105,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def _other_good_checkpoint(path: Path) -> Path | None:
+    """Another checkpoint next to ``path`` that loads (only consulted on the error path)."""
     for name in ("last.pt", "best.pt"):
         other = path.parent / name
-        if other != path and other.is_file():
+        if other == path or not other.is_file():
+            continue
+        try:
+            payload = torch.load(other, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any failure means "not a usable fallback"
+            continue
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
             return other
     return None
 
@@ -126,9 +133,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainError(f"refused to load: not a plain tensor checkpoint (weights_only=True): {first[:200]}"
-                         + _fallback_hint(path), path=path) from None
+        text = str(exc)
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
+            why = next((ln.strip().split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
+                        for ln in text.splitlines() if "Unsupported" in ln),
+                       "it holds objects other than tensors and plain containers")
+            raise TrainError(f"refused to load: not a plain tensor checkpoint (weights_only=True; {why[:200]}). "
+                             "Checkpoints from untrusted sources can run code; detkit never unpickles them"
+                             + _fallback_hint(path), path=path) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise TrainError(f"corrupt or truncated checkpoint ({first[:200]})" + _fallback_hint(path),
+                         path=path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainError(f"corrupt or truncated checkpoint ({first[:200]})" + _fallback_hint(path),
