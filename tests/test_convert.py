@@ -690,3 +690,40 @@ def test_fast_size_matches_read_image_size(tmp_path, mode, fmt, orientation, pro
     assert ref == read_image(p).shape[1::-1]  # and both agree with the decoded, oriented pixels
     if fmt != "BMP":
         assert convert_mod._fast_size(p.read_bytes()) == ref  # the marker parser itself answered
+
+
+def test_sigkill_half_way_then_rerun_matches(tmp_path):
+    """A process killed (SIGKILL, no cleanup) in the middle of writing labels leaves no OUT; the
+    rerun removes the dead build folder and writes exactly what an uninterrupted run writes."""
+    import signal
+    import subprocess
+    import sys
+    src = tmp_path / "src"
+    _small(src, 8)
+    ref = tmp_path / "ref"
+    convert(src, ref)
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, sys\n"
+        "import detkit.data.convert as c\n"
+        "real = c._write_new\n"
+        "n = [0]\n"
+        "def dying(path, data):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 5:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(path, data)\n"
+        "c._write_new = dying\n"
+        "c.convert_voc(sys.argv[1], sys.argv[2])\n"
+    )
+    before = tree_state(src)
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert tree_state(src) == before
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+    assert len(leftovers) == 1 and any(leftovers[0].rglob("*.txt"))  # a half-built folder, as after a crash
+    convert(src, out)
+    assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
+    assert tree_state(out) == tree_state(ref)
