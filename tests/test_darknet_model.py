@@ -134,7 +134,8 @@ def test_yolov3_and_yolov4_tiny_build():
     v3 = detkit.build_model("yolov3")
     assert len(v3.layers) == 107 and len(v3.yolo_layers) == 3
     assert sum(p.numel() for p in v3.parameters()) == 61_949_149
-    shapes = infer_shapes(v3.spec)
+    assert (v3.net.width, v3.net.height, v3.net.batch) == (608, 608, 64)  # training header as shipped
+    shapes = infer_shapes(v3.spec, (3, 416, 416))
     assert [shapes[i] for i in (81, 93, 105)] == [(255, 13, 13), (255, 26, 26), (255, 52, 52)]
     v4 = detkit.build_model("yolov4-tiny")
     assert len(v4.layers) == 38 and v4.yolo_layers[0].scale_x_y == 1.05
