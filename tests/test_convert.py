@@ -191,6 +191,8 @@ def test_voc_year_folder_split_honoured(tmp_path):
 def test_vocdevkit_several_years(tmp_path):
     src = tmp_path / "VOCdevkit"
     _voc_year(src / "VOC2007", ["000001", "000002", "000003"], {"trainval": ["000001", "000002"], "test": ["000003"]})
+    make_image(src / "VOC2007" / "SegmentationClass" / "000001.png", 64, 48)  # not a detection image
+    make_image(src / "VOC2007" / "JPEGImages" / "000009.jpg", 64, 48)  # no annotation: reported
     _voc_year(src / "VOC2012", ["000001", "000002"], {"train": ["000002"], "val": ["000001"]}, cls="bus")
     out = tmp_path / "out"
     res = convert(src, out)
@@ -201,6 +203,10 @@ def test_vocdevkit_several_years(tmp_path):
     assert not (out / "test.txt").exists()
     assert label_text(out, "voc2012/000001.jpg").startswith("0 ")  # bus
     assert label_text(out, "voc2007/000001.jpg").startswith("1 ")  # car
+    rep = report(out)
+    assert rep["skipped"] == [{"file": "VOC2007/JPEGImages/000009.jpg", "code": "no_annotation",
+                               "reason": "image without an XML annotation"}]
+    assert rep["year_folder_other_images"] == 1 and rep["warnings"] == []
 
 
 def test_labelimg_nested_chinese_names_and_collision(tmp_path):

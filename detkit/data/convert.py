@@ -30,10 +30,10 @@ import logging
 import os
 import random
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal, Sequence
+from typing import Literal
 
 import yaml
 
@@ -206,6 +206,15 @@ def _walk(src: Path, logs: _Log) -> _Tree:
     xmls.sort()
     images.sort()
     return _Tree(xmls, images, index, year_roots)
+
+
+def _in_year_folder_outside_jpegimages(rel: str, year_roots: set[str]) -> bool:
+    """True for e.g. ``VOC2012/SegmentationClass/x.png``: part of a year folder, not a detection image."""
+    for root in year_roots:
+        prefix = f"{root}/" if root else ""
+        if rel.startswith(prefix) and not rel.startswith(f"{prefix}JPEGImages/"):
+            return True
+    return False
 
 
 def _unsafe_filename(fname: str) -> bool:
@@ -645,8 +654,12 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
 
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
+    year_other = 0
     for rel in tree.images:
         if rel not in claimed:
+            if _in_year_folder_outside_jpegimages(rel, tree.year_roots):
+                year_other += 1  # SegmentationClass/, SegmentationObject/ ...: not detection images
+                continue
             logs.skip(rel, "no_annotation", "image without an XML annotation")
 
     if opts.strict and (logs.warnings or logs.skipped):
@@ -762,6 +775,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             "empty_images": sum(1 for it in items if not it.objects),
             "image_files": dict(sorted(modes.items())),
             "xml_files": len(tree.xmls),
+            "year_folder_other_images": year_other,
             "warnings": logs.warnings,
             "skipped": logs.skipped,
         }
