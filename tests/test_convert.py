@@ -464,6 +464,14 @@ def test_existing_out_refused_unless_detkit_output_or_force(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     convert(src, empty)  # an empty folder is fine
+    # weights darknet saved in backup/ survive a re-run; unknown files need --force
+    (out / "backup" / "yolo_last.weights").write_bytes(b"w" * 10)
+    convert(src, out)
+    assert (out / "backup" / "yolo_last.weights").read_bytes() == b"w" * 10
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="notes.txt"):
+        convert(src, out)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_deterministic_outputs(tmp_path):
@@ -546,6 +554,13 @@ def test_interrupted_run_leaves_previous_or_nothing_and_rerun_matches(tmp_path, 
     convert(src, out)
     assert not stale.exists()
     assert tree_state(out) == tree_state(ref)
+    # killed between the two renames: the previous output (with its weights) is put back, then replaced
+    (out / "backup" / "w.weights").write_bytes(b"123")
+    os.replace(out, tmp_path / ".out.old-999999998")
+    convert(src, out)
+    assert (out / "backup" / "w.weights").read_bytes() == b"123"
+    assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
+    os.remove(out / "backup" / "w.weights")
     # interrupting a re-run keeps the complete previous output
     calls["n"] = 0
     monkeypatch.setattr(convert_mod, "_write", dying_write)

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 TOOL = "detkit convert-voc"
 REPORT_NAME = "convert_report.json"
 SPLIT_FILES = ("train", "val", "trainval", "test")
+#: Top-level entries of OUT written by convert-voc (anything else in an old OUT needs --force).
+OUT_ENTRIES = {"images", "labels", "backup", "train.txt", "val.txt", "test.txt", "obj.names", "obj.data",
+               "data.yaml", "rename_map.csv", REPORT_NAME}
 #: Boxes sticking out of the image by at most this many pixels are clipped without a warning
 #: (0-based annotators write ``xmin = 0``; VOC's 1-based rule then puts x1 at -1).
 CLIP_SILENT_PX = 1.0
@@ -509,16 +512,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def _clean_stale(out: Path) -> None:
-    """Remove build folders left by killed runs (their process is gone)."""
+    """Tidy up after killed runs (their process is gone).
+
+    A build folder (``.OUT.tmp-<pid>``) is deleted. A previous output moved aside
+    (``.OUT.old-<pid>``, killed between the two renames) is put back when OUT is missing, else
+    deleted -- unless it still holds darknet weights in ``backup/``, which are never deleted.
+    """
     if not out.parent.is_dir():
         return
-    for p in out.parent.iterdir():
+    for p in sorted(out.parent.iterdir()):
         for tag in (".tmp-", ".old-"):
             prefix = f".{out.name}{tag}"
-            if p.name.startswith(prefix) and p.name[len(prefix):].isdigit():
-                if not _pid_alive(int(p.name[len(prefix):])):
-                    shutil.rmtree(p, ignore_errors=True)
+            if not (p.name.startswith(prefix) and p.name[len(prefix):].isdigit()):
+                continue
+            if _pid_alive(int(p.name[len(prefix):])):
+                continue
+            if tag == ".old-" and not out.exists():
+                os.replace(p, out)
+                log.warning("restored %s from an interrupted run", out)
+            elif _has_files(p / "backup"):
+                log.warning("left %s in place: its backup/ holds files", p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _place_image(src: str, dst: str, mode: str) -> str:
@@ -567,9 +587,15 @@ def _check_paths(src: Path, out: Path, force: bool) -> None:
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise DataError("OUT exists and is not a folder", path=out)
-        if any(out.iterdir()) and not _is_detkit_output(out) and not force:
+        if force or not any(out.iterdir()):
+            return
+        if not _is_detkit_output(out):
             raise DataError("OUT exists and is not an earlier detkit convert-voc output; "
                             "use --force to replace it", path=out)
+        extra = sorted(p.name for p in out.iterdir() if p.name not in OUT_ENTRIES)
+        if extra:
+            raise DataError(f"OUT holds files convert-voc did not write ({', '.join(extra[:5])}); they would be "
+                            "deleted: move them away or use --force", path=out)
 
 
 def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions()
@@ -790,6 +816,9 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
+        if _has_files(old / "backup"):  # darknet's weights from training on the previous output: keep them
+            os.rmdir(out / "backup")
+            os.replace(old / "backup", out / "backup")
         shutil.rmtree(old, ignore_errors=True)
     return ConvertResult(out=out, class_names=class_names, per_class=per_class, images=len(items),
                          splits=report["splits"], warnings=tuple(logs.warnings), skipped=tuple(logs.skipped),
