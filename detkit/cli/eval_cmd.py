@@ -50,6 +50,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("--pred-conf", type=float, default=0.005,
                    help="score threshold of the model's detections kept for AP (default 0.005)")
     m.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     m.add_argument("--save-pred", metavar="OUT.json", help="also write the model's detections as COCO results JSON")
     p.set_defaults(func=run)
 
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         run_ = ev.evaluate_model(args.cfg, args.weights, args.data, metric=args.metric, names=names,
                                  iou_threshold=args.iou, conf_threshold=args.conf, img_size=args.img_size,
                                  nms=args.nms, pred_conf=args.pred_conf, batch_size=args.batch_size,
-                                 save_pred=args.save_pred, plus_one=args.plus_one, iou_rule=args.iou_rule)
+                                 save_pred=args.save_pred, plus_one=args.plus_one, iou_rule=args.iou_rule,
+                                 device=args.device)
         sources = {"cfg": args.cfg, "weights": args.weights, "data": args.data}
     else:
         if not (args.gt and args.pred):

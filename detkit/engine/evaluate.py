@@ -680,3 +680,95 @@ def evaluate_files(gt_path: str | os.PathLike, pred_path: str | os.PathLike, met
     report = evaluate(g, d, class_names, metric=metric, iou_threshold=iou_threshold,  # type: ignore[arg-type]
                       conf_threshold=conf_threshold, plus_one=po, iou_rule=iou_rule)  # type: ignore[arg-type]
     return EvalRun(report=report, gt=g, dt=d, class_names=class_names, plus_one=po)
+
+
+# --------------------------------------------------------------------------- model-driven evaluation
+
+def load_model(cfg: str | os.PathLike, weights: str | os.PathLike, num_classes: int):
+    """Build ``cfg`` for ``num_classes`` and load darknet ``.weights`` or a detkit checkpoint (EMA
+    weights preferred).
+
+    Raises:
+        WeightsError: missing file, class count that does not fit, partial darknet file, or a
+            checkpoint that does not fit the cfg.
+    """
+    from detkit import build_model, load_darknet_weights
+    from detkit.engine.checkpoint import is_checkpoint_file, load_checkpoint
+    from detkit.errors import WeightsError
+
+    w = Path(weights)
+    if not w.is_file():
+        raise WeightsError("weights file not found", path=w)
+    model = build_model(cfg, num_classes=num_classes)
+    if is_checkpoint_file(w):
+        payload = load_checkpoint(w)
+        ema = payload.get("ema")
+        state = ema["module"] if isinstance(ema, dict) and ema.get("module") else payload.get("model")
+        if not isinstance(state, dict):
+            raise WeightsError("checkpoint holds no model state", path=w)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError:
+            raise WeightsError(f"checkpoint does not fit {cfg} with {num_classes} classes", path=w) from None
+        if missing or unexpected:
+            raise WeightsError(f"checkpoint does not fit {cfg} (missing {list(missing)[:3]}, "
+                               f"unexpected {list(unexpected)[:3]})", path=w)
+        return model
+    report = load_darknet_weights(model, w)
+    if getattr(report, "reinitialised", None):
+        raise WeightsError(f"holds {report.file_num_classes} classes but the dataset has {num_classes}", path=w)
+    if getattr(report, "partial", False):
+        raise WeightsError(f"is a partial file (it ends before the last layer of {cfg})", path=w)
+    return model
+
+
+def predictions_to_coco_json(dt: DetTable, image_ids: Sequence, class_names: Sequence[str]) -> list[dict]:
+    """Detections (continuous xyxy pixels) -> COCO results list (``image_id`` = image stem,
+    ``category_id`` = class index, ``bbox`` xywh), readable back by :func:`load_predictions`."""
+    b = dt.xywh()
+    return [{"image_id": image_ids[int(i)], "category_id": int(c), "bbox": [float(v) for v in bb], "score": float(s)}
+            for i, c, bb, s in zip(dt.image_index, dt.labels, b, dt.scores)]
+
+
+def evaluate_model(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.PathLike, metric: str = "voc",
+                   names: Sequence[str] | None = None, iou_threshold: float = 0.5, conf_threshold: float = 0.25,
+                   img_size: int | None = None, nms: float = 0.45, pred_conf: float = 0.005, batch_size: int = 8,
+                   save_pred: str | os.PathLike | None = None, plus_one: bool | None = None,
+                   iou_rule: str = ">=", device: str = "auto") -> EvalRun:
+    """Run the model on the validation images of ``data`` (obj.data / data.yaml / list file), then
+    score the detections like :func:`evaluate_files` (continuous pixels, no +1 unless forced).
+
+    Detections come from :class:`detkit.engine.predict.Predictor` (letterbox, per-class NMS,
+    boxes in original pixels), kept down to ``pred_conf`` so AP sees the whole PR curve.
+    """
+    from detkit.engine.predict import Predictor
+
+    gt = load_yolo_gt(data, names)
+    model = load_model(cfg, weights, len(gt.class_names))
+    try:
+        predictor = Predictor(model, img_size=img_size, conf=pred_conf, nms=nms, letterbox=True, device=device)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    img_index, boxes, scores, labels = [], [], [], []
+    for k, res in enumerate(predictor.predict_paths(list(gt.image_files), batch_size=batch_size)):
+        if res.error is not None:
+            raise res.error
+        det = res.detections
+        if det is None or len(det) == 0:
+            continue
+        img_index.append(np.full(len(det), k, np.int64))
+        boxes.append(np.asarray(det.boxes, np.float64))
+        scores.append(np.asarray(det.scores, np.float64))
+        labels.append(np.asarray(det.class_ids, np.int64))
+    cat = (lambda xs, shape, t: np.concatenate(xs) if xs else np.zeros(shape, t))
+    dt = DetTable(image_index=cat(img_index, (0,), np.int64), boxes=cat(boxes, (0, 4), np.float64),
+                  scores=cat(scores, (0,), np.float64), labels=cat(labels, (0,), np.int64), box_format="xyxy")
+    if save_pred is not None:
+        from detkit.metrics.plots import _atomic_bytes
+        res_list = predictions_to_coco_json(dt, gt.table.image_ids, gt.class_names)
+        _atomic_bytes(Path(save_pred), (json.dumps(res_list) + "\n").encode("utf-8"))
+    g, d, default_plus_one = prepare_tables(gt, dt, False, metric)
+    po = default_plus_one if plus_one is None else bool(plus_one)
+    report = evaluate(g, d, gt.class_names, metric=metric, iou_threshold=iou_threshold,  # type: ignore[arg-type]
+                      conf_threshold=conf_threshold, plus_one=po, iou_rule=iou_rule)  # type: ignore[arg-type]
+    return EvalRun(report=report, gt=g, dt=d, class_names=list(gt.class_names), plus_one=po)
