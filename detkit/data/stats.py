@@ -268,7 +268,8 @@ def format_stats(stats: DatasetStats) -> str:
               "area_px": f"area px@{stats.img_size[0]}x{stats.img_size[1]}", "aspect_w_over_h": "aspect w/h"}
     for key, d in stats.distributions().items():
         vals = (d.mean,) + d.quantiles
-        fmt = (lambda v: f"{v:>8.0f}") if key == "area_px" else (lambda v: f"{v:>8.3f}")
+        spec = ".0f" if key == "area_px" else ".3f"
+        fmt = (lambda v, spec=spec: f"{'-':>8}" if v != v else f"{v:>8{spec}}")  # NaN: no boxes
         lines.append(f"{labels[key]:<16}  " + "  ".join(fmt(v) for v in vals))
     return "\n".join(lines)
 
