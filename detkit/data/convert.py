@@ -773,8 +773,8 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
                + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
-        wr.writerow(("kind", "source", "output"))
-        wr.writerows(rename_rows)
+        wr.writerow(("source", "output", "kind"))
+        wr.writerows((s, o, k) for k, s, o in rename_rows)
         _write(tmp / "rename_map.csv", buf.getvalue())
 
         per_class = {n: ClassStats(per_class_img[n], per_class_obj[n], per_class_diff[n]) for n in class_names}
