@@ -462,8 +462,10 @@ class Trainer:
         if img_size[0] % stride or img_size[1] % stride:
             raise TrainError(f"image size {img_size[0]}x{img_size[1]} must be a multiple of the network stride {stride}")
 
-        train_paths = list(data.train)[: s.max_train_images] if s.max_train_images else list(data.train)
-        val_paths = list(data.val)[: s.max_val_images] if s.max_val_images else list(data.val)
+        train_paths = list(data.train)[: s.max_train_images] if s.max_train_images is not None else list(data.train)
+        val_paths = list(data.val)[: s.max_val_images] if s.max_val_images is not None else list(data.val)
+        if not train_paths:
+            raise TrainError("no training images selected", path=data.source)
         train_tf = build_train_transforms(img_size, hsv=(s.hue, s.saturation, s.exposure), flip=s.flip,
                                           jitter=s.jitter)
         self.train_ds = YoloDataset(train_paths, s.num_classes, img_size, train_tf, mosaic=s.mosaic, seed=s.seed)
