@@ -33,11 +33,19 @@ def group_pairs(det_keys: np.ndarray, gt_keys: np.ndarray, det_ids: np.ndarray |
         det_ids = np.arange(det_keys.shape[0], dtype=np.int64)
     if det_ids.size == 0 or gt_keys.size == 0:
         return
-    gt_order = np.argsort(gt_keys, kind="stable")
-    sorted_keys = gt_keys[gt_order]
     k = det_keys[det_ids]
-    start = np.searchsorted(sorted_keys, k, side="left")
-    count = np.searchsorted(sorted_keys, k, side="right") - start
+    hi_key = int(max(gt_keys.max(), k.max())) + 1 if k.size else 0
+    if 0 <= min(int(gt_keys.min()), int(k.min()) if k.size else 0) and hi_key <= 8 * (gt_keys.size + k.size) + 4096:
+        # dense key space: O(1) lookups through a per-key table instead of binary searches
+        count_of = np.bincount(gt_keys, minlength=hi_key)
+        start_of = np.cumsum(count_of) - count_of
+        gt_order = np.argsort(gt_keys, kind="stable")
+        start, count = start_of[k], count_of[k]
+    else:
+        gt_order = np.argsort(gt_keys, kind="stable")
+        sorted_keys = gt_keys[gt_order]
+        start = np.searchsorted(sorted_keys, k, side="left")
+        count = np.searchsorted(sorted_keys, k, side="right") - start
     keep = count > 0
     det_ids, start, count = det_ids[keep], start[keep], count[keep]
     if det_ids.size == 0:

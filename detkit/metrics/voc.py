@@ -96,13 +96,20 @@ def voc_match(gt: GTTable, dt: DetTable, num_classes: int, iou_threshold: float 
     ignored = np.zeros(m, bool)
     ignored[hit[diff_hit]] = True
 
-    order = np.lexsort((np.arange(m), -dt.scores, dt.labels))  # class asc, score desc, stable
+    # class asc, score desc, input order on ties: one stable score sort, then a unique int key
+    s0 = np.argsort(-dt.scores, kind="stable")
+    p0 = np.empty(m, np.int64)
+    p0[s0] = np.arange(m)
+    if C < 65536:  # small class ids: numpy's stable sort is a radix sort
+        order = s0[np.argsort(dt.labels[s0].astype(np.uint16), kind="stable")]
+    else:
+        order = np.lexsort((p0, dt.labels))
     rank = np.empty(m, np.int64)
     rank[order] = np.arange(m)
     cand = hit[~diff_hit]
     tp = np.zeros(m, bool)
     if cand.size:
-        by_gt = cand[np.lexsort((rank[cand], best_gt[cand]))]
+        by_gt = cand[np.argsort(best_gt[cand] * max(m, 1) + rank[cand])]
         firsts = segment_starts(best_gt[by_gt])
         tp[by_gt[firsts]] = True
     fp = ~tp & ~ignored
