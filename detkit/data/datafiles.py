@@ -220,6 +220,17 @@ def _parse_darknet_data(p: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing aliases (``*name``): nested aliases expand exponentially when the
+    values are used ("billion laughs"), and no data.yaml needs them."""
+
+    def compose_node(self, parent, index):  # noqa: D102 - yaml Composer API
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in data.yaml",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_data_config(path: str | os.PathLike) -> DataConfig:
     """Read ``obj.data`` (darknet ``key = value``) or ``data.yaml`` (``.yaml``/``.yml``).
 
@@ -235,12 +246,15 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
     cwd = Path.cwd()
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
+            doc = yaml.load(p.read_text(encoding="utf-8-sig"), Loader=_NoAliasLoader)
         except OSError as exc:
             raise DataError(f"cannot read data file: {exc.strerror or exc}", path=p) from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"data.yaml is not UTF-8 text (byte {exc.object[exc.start]:#04x})", path=p) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise DataError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=p,
+            why = (getattr(exc, "problem", None) or str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise DataError(f"invalid YAML: {why}", path=p,
                             line=None if mark is None else mark.line + 1) from None
         if not isinstance(doc, dict):
             raise DataError("data.yaml must be a mapping with train/val/names", path=p)
@@ -263,9 +277,15 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
             names = read_names(_resolve(names_v, [root, here, cwd]))
         else:
             raise DataError("data.yaml has no 'names' (list or id -> name mapping)", path=p)
+        if not names:
+            raise DataError("data.yaml has an empty 'names'", path=p)
         nc = doc.get("nc")
-        if nc is not None and int(nc) != len(names):
-            raise DataError(f"nc: {nc} disagrees with {len(names)} names", path=p)
+        try:
+            nc_ok = nc is None or int(nc) == len(names)
+        except (TypeError, ValueError, OverflowError):
+            nc_ok = False
+        if not nc_ok:
+            raise DataError(f"nc: {nc!r} disagrees with {len(names)} names"[:200], path=p)
 
         def entries(key: str) -> list[Path]:
             v = doc.get(key)

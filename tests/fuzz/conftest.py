@@ -1,0 +1,13 @@
+"""Fuzz / fault-injection suites (issue 7). ``DETKIT_FUZZ_STATS=FILE`` writes the outcome counts
+and figures of the run to FILE (used by tools/fuzz_report.py)."""
+from __future__ import annotations
+
+import os
+
+import fuzzlib
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("DETKIT_FUZZ_STATS")
+    if path:
+        fuzzlib.dump_stats(path)
