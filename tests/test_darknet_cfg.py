@@ -311,3 +311,11 @@ def test_load_network_spec_fixes_mismatched_filters():
 def test_apply_edits_no_edits_is_identity(repo):
     text = (repo / "cfg" / "yolov3.cfg").read_text()
     assert apply_edits(text, []) == text
+
+
+def test_yolo_output_cannot_be_consumed():
+    base = HEAD + "[convolutional]\nfilters=18\n[yolo]\nmask=0,1,2\nanchors=1,1,2,2,3,3\nclasses=1\nnum=3\n"
+    assert err(base + "[convolutional]\nfilters=4\n").startswith(
+        "x.cfg:12: layer 2 [convolutional] takes the output of the [yolo] layer 1")
+    assert "takes the output of the [yolo] layer 1" in err(base + "[route]\nlayers=-2\n[route]\nlayers=-2\n")
+    assert len(parse_network(base + "[route]\nlayers=-2\n").layers) == 3

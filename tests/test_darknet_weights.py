@@ -239,3 +239,14 @@ def test_real_weights_round_trip_byte_identical(shared, tmp_path):
     out = tmp_path / "copy.weights"
     detkit.save_darknet_weights(model, out)
     assert out.read_bytes() == data
+
+
+def test_bad_arguments(tiny_file):
+    _, path = tiny_file
+    model = detkit.build_model("yolov3-tiny")
+    with pytest.raises(ValueError, match="cutoff must be an integer >= 0"):
+        detkit.load_darknet_weights(model, path, cutoff=-1)
+    with pytest.raises(ValueError, match="file_num_classes must be an integer >= 1"):
+        detkit.load_darknet_weights(model, path, file_num_classes=0)
+    with pytest.raises(TypeError):
+        detkit.save_darknet_weights(torch.nn.Linear(2, 2), path)

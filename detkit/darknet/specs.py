@@ -236,10 +236,15 @@ class CfgEdit:
 class _Reader:
     """Typed access to one section's options, with file:line errors and unused-key warnings."""
 
-    def __init__(self, section: Section, used: set[str], known: set[str]):
+    def __init__(self, section: Section, used: set[str], known: set[str], *, warn: bool = True):
         self.s = section
         self.used = used
         self.known = known
+        if warn:
+            self._warn_keys(section, used, known)
+
+    @staticmethod
+    def _warn_keys(section: Section, used: set[str], known: set[str]) -> None:
         seen: set[str] = set()
         for opt in section.options:
             if opt.key in seen:
@@ -512,6 +517,21 @@ def _check_head_filters(sections: list[Section], layer_specs: list[LayerSpec]) -
                 path=spec.source, line=line)
 
 
+def _check_yolo_outputs_unused(layers: list[LayerSpec]) -> None:
+    """A [yolo] layer is an output: nothing may consume it (darknet would feed its activated
+    copy forward, which detkit does not model)."""
+    yolo_idx = {layer.index for layer in layers if isinstance(layer, YoloSpec)}
+    for layer in layers:
+        refs = layer.layers if isinstance(layer, RouteSpec) else layer.from_ if isinstance(layer, ShortcutSpec) else ()
+        used = sorted(yolo_idx.intersection(refs))
+        direct = layer.index - 1 in yolo_idx and not isinstance(layer, RouteSpec)
+        if used or direct:
+            which = used[0] if used else layer.index - 1
+            raise CfgError(f"layer {layer.index} [{layer.type}] takes the output of the [yolo] layer {which}; "
+                           "detkit supports [yolo] only as an output (follow it with a [route])",
+                           path=layer.source, line=layer.line)
+
+
 def infer_shapes(spec: NetworkSpec, input_chw: tuple[int, int, int] | None = None) -> list[tuple[int, int, int]]:
     """Output shape ``(C, H, W)`` of every layer for an input of ``input_chw`` (default: the net's).
 
@@ -594,6 +614,7 @@ def build_specs(sections: list[Section], text: str = "") -> NetworkSpec:
     if not layers:
         raise CfgError("the cfg defines no layers after [net]", path=sections[0].source, line=sections[0].line)
     _check_head_filters(sections, layers)
+    _check_yolo_outputs_unused(layers)
     heads = [layer for layer in layers if isinstance(layer, YoloSpec)]
     if len({h.classes for h in heads}) > 1:
         detail = ", ".join(f"line {h.line}: classes={h.classes}" for h in heads)
@@ -628,8 +649,7 @@ def class_count_edits(sections: list[Section], num_classes: int) -> list[CfgEdit
         if section.type != "yolo":
             continue
         conv = head_conv(sections, pos)
-        r = _Reader.__new__(_Reader)  # typed access without re-warning about keys
-        r.s, r.used, r.known = section, YOLO_USED, YOLO_KNOWN
+        r = _Reader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
         num = r.int("num", 1, minimum=1)
         mask = r.ints("mask")
         n_mask = len(mask) if mask is not None else num
@@ -719,8 +739,7 @@ def patch_anchors(cfg_text: str, anchors, source: str | os.PathLike = "<cfg>") -
     for section in sections:
         if section.type != "yolo":
             continue
-        r = _Reader.__new__(_Reader)  # typed access without re-warning about keys
-        r.s, r.used, r.known = section, YOLO_USED, YOLO_KNOWN
+        r = _Reader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
         num = r.int("num", 1, minimum=1)
         if num != len(pairs):
             raise r.error("num", f"[yolo] has num={num} anchors but {len(pairs)} were given")

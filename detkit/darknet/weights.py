@@ -183,6 +183,8 @@ def load_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
     """
     if not isinstance(model, DarknetModel):
         raise TypeError(f"model must be a DarknetModel, got {type(model).__name__}")
+    _check_count("cutoff", cutoff, 0)
+    _check_count("file_num_classes", file_num_classes, 1)
     p = Path(path)
     try:
         f = open(p, "rb")
@@ -247,6 +249,11 @@ def load_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
     return LoadReport(header, tuple(loaded), tuple(reinit), partial, file_num_classes)
 
 
+def _check_count(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def _reinit_conv(module: ConvLayer) -> None:
     module.conv.reset_parameters()
     if module.bn is not None:
@@ -263,6 +270,7 @@ def save_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
     """
     if not isinstance(model, DarknetModel):
         raise TypeError(f"model must be a DarknetModel, got {type(model).__name__}")
+    _check_count("cutoff", cutoff, 0)
     major, minor, revision, seen = model.weights_header or DEFAULT_HEADER
     if not seen_is_64bit(major, minor):
         major, minor = DEFAULT_HEADER[:2]
