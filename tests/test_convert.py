@@ -748,3 +748,14 @@ def test_sigkill_half_way_then_rerun_matches(tmp_path):
     convert(src, out)
     assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
     assert tree_state(out) == tree_state(ref)
+
+
+def test_similar_class_names_warned(tmp_path):
+    src = tmp_path / "src"
+    make_image(src / "a.jpg", 20, 20)
+    make_xml(src / "a.xml", "a.jpg", (20, 20), [("Traffic light", 1, 1, 5, 5), ("traffic_light", 1, 1, 9, 9),
+                                                ("car", 2, 2, 6, 6)])
+    res = convert(src, tmp_path / "out")
+    assert res.class_names == ("Traffic light", "car", "traffic_light")  # kept as written, sorted
+    assert [w["code"] for w in res.warnings] == ["similar_class_names"]
+    assert "'Traffic light', 'traffic_light'" in res.warnings[0]["message"]

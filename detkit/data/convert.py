@@ -704,6 +704,13 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     else:
         seen = {r[0] for it in items for r in it.objects} | {n for it in items for n in it.difficult_names}
         class_names = tuple(sorted(seen))
+    similar: dict[str, list[str]] = {}
+    for n in class_names:
+        similar.setdefault(" ".join(n.casefold().replace("_", " ").replace("-", " ").split()), []).append(n)
+    for group in similar.values():
+        if len(group) > 1:
+            logs.warn("", "similar_class_names", f"classes {', '.join(repr(g) for g in group)} differ only in case, "
+                      "spaces, '_' or '-': probably one class spelt differently (use --names to choose)")
     class_id = {n: i for i, n in enumerate(class_names)}
 
     # names, splits
