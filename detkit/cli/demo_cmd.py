@@ -196,7 +196,7 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
         device=s.device, amp=s.amp, amp_dtype="bf16", workers=s.workers, seed=s.seed, lr=s.lr,
         burn_in=min(s.burn_in, max(1, s.epochs * math.ceil(conv.splits.get("train", 1) / s.batch) // 5)),
         policy="cosine", hue=s.hsv[0], saturation=s.hsv[1], exposure=s.hsv[2], flip=True, jitter=s.jitter,
-        mosaic=False, max_val_images=(s.val_images if 0 < s.val_images < n_val else None),
+        mosaic=False, grad_clip=10.0, max_val_images=(s.val_images if 0 < s.val_images < n_val else None),
     )
     echo(f"[4/5] training yolov3-tiny (2 classes) from scratch: {s.epochs} epochs, batch {s.batch}, "
          f"input {s.img_size}, lr {s.lr} cosine, {'bf16 autocast' if s.amp else 'fp32'}, device {s.device}")
@@ -214,7 +214,8 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
     eval_dir.mkdir(parents=True, exist_ok=True)
     run_ = ev.evaluate_model(str(cfg_path), str(result.last_checkpoint), str(data_path), metric="voc",
                              iou_threshold=0.5, conf_threshold=0.25, img_size=s.img_size, nms=0.45,
-                             pred_conf=0.005, batch_size=16, save_pred=str(eval_dir / "predictions.json"))
+                             pred_conf=0.005, batch_size=16, save_pred=str(eval_dir / "predictions.json"),
+                             device=s.device)
     report = run_.report
     metrics = report.to_dict()
     metrics["sources"] = {"cfg": str(cfg_path), "weights": str(result.last_checkpoint), "data": str(data_path)}
