@@ -217,77 +217,100 @@ def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
             match[a_i, t_i, c_r[st[j]]] = g_r[wp]
             used[a_i, t_i, g_r[wp]] = True
 
-    # --- per-detection outcome in evaluation order: (A, T, D) tp / ignored
-    out_e = d_out[:, eo]  # (A, D)
-    tp_e = np.zeros((A, T, D), bool)
-    ig_e = np.repeat(out_e[:, None, :], T, axis=1)  # unmatched: ignored iff out of the area range
-    if n_c:
-        cp = pos_in_eval[cdets]
-        live = cp >= 0
-        matched = match >= 0
-        mg = np.where(matched, match, 0)
-        nz = matched & ~g_zero[mg]  # the reference tests the stored annotation id (0 = unmatched)
-        ig_m = np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_c)
-        ig_c = (matched & ig_m) | (~nz & d_out[:, None, cdets])
-        tp_e[:, :, cp[live]] = (nz & ~ig_c)[:, :, live]
-        ig_e[:, :, cp[live]] = ig_c[:, :, live]
-    fp_e = ~tp_e & ~ig_e
-
-    # --- accumulate
+    # --- outcome of the candidate detections (everything else is unmatched: FP, or ignored when
+    # its own area is out of range)
     npig = np.zeros((K, A), np.int64)
     for a in range(A):
         npig[:, a] = np.bincount(gt.labels[~g_ig[a]], minlength=K)[:K]
     cat_e = dt.labels[eo]
     rank_e = rank[eo]
+    out_e = d_out[:, eo]  # (A, D)
+    cp = pos_in_eval[cdets]  # candidates were drawn from the kept detections: all >= 0
+    co = np.argsort(cp)
+    cp_s, cd_s = cp[co], cdets[co]  # candidates in evaluation order
+    if n_c:
+        matched = match >= 0
+        mg = np.where(matched, match, 0)
+        nz = matched & ~g_zero[mg]  # the reference tests the stored annotation id (0 = unmatched)
+        ig_m = np.take_along_axis(g_ig, mg.reshape(A, -1), axis=1).reshape(A, T, n_c)
+        ig_c = (matched & ig_m) | (~nz & d_out[:, None, cdets])  # (A, T, n_c)
+        tp_c = (nz & ~ig_c)[:, :, co]
+        ig_c = ig_c[:, :, co]
+    else:
+        ig_c = tp_c = np.zeros((A, T, 0), bool)
+    # detections of area 'all' for the report's counts: (T, D) flags
+    det_tp = np.zeros((T, D), bool)
+    det_ig = np.repeat(out_e[0][None, :], T, axis=0)
+    det_tp[:, cp_s] = tp_c[0]
+    det_ig[:, cp_s] = ig_c[0]
+    det_fp = ~det_tp & ~det_ig
+
+    # --- accumulate. Between two true positives precision only falls (FP) or stays (ignored), so
+    # the envelope at any recall threshold is a maximum over true-positive events only: the
+    # whole accumulation runs on TP events (<= objects), not on every detection.
     precision = np.where(npig[None, None, :, :] > 0, 0.0, -1.0) * np.ones((T, R, 1, 1))  # (T, R, K, A)
     recall = np.where(npig[None, :, :, None] > 0, 0.0, -1.0) * np.ones((T, 1, 1, M))  # (T, K, A, M)
-    if D:
+    a_i, t_i, c_i = np.nonzero(tp_c)  # TP events: area-major, then threshold, then evaluation order
+    if D and a_i.size:
         rs = segment_starts(cat_e)  # category runs in evaluation order
         nr = rs.size
-        rl = np.diff(np.append(rs, D))
+        run_of = np.repeat(np.arange(nr), np.diff(np.append(rs, D)))
         rk = cat_e[rs]
-        run_of = np.repeat(np.arange(nr), rl)
-        idx_in = np.arange(D) - np.repeat(rs, rl)
-        eps = np.spacing(1)
-        pad_pos = np.arange(D) + run_of  # position in a row with a 0 sentinel after every run
-        base = rs + np.arange(nr)  # start of each run in a padded row
-        for a in range(A):
-            np_k = npig[:, a]
-            live_r = np_k[rk] > 0
-            # within-run cumulative TP / ignored (the reference keeps ignored detections as no-ops)
-            tp_c = _run_cumsum(tp_e[a], rs)  # (T, D)
-            ig_c = _run_cumsum(ig_e[a], rs)
-            lr = np.flatnonzero(live_r)
-            recall[:, rk[lr], a, M - 1] = tp_c[:, rs[lr] + rl[lr] - 1] / np_k[rk[lr]][None, :]
-            tpf = tp_c.astype(np.float64)
-            fpf = (idx_in[None, :] + 1 - tp_c - ig_c).astype(np.float64)
-            pr = tpf / (fpf + tpf + eps)
-            # first index with rc >= thr  ==  number of rc < thr  (rc is non-decreasing in a run);
-            # rc = n / npig for integer n, so searchsorted is tabulated once per category
-            off = np.concatenate(([0], np.cumsum(np_k + 1)))
-            n_tab = np.arange(off[-1]) - np.repeat(off[:-1], np_k + 1)
+        crun = run_of[cp_s]
+        j = cp_s[c_i]
+        run = crun[c_i]
+        k = rk[run]
+        seg = (a_i * T + t_i) * nr + run
+        st = segment_starts(seg)
+        ln = np.diff(np.append(st, seg.size))
+        m = (np.arange(seg.size) - np.repeat(st, ln) + 1)  # TP count so far in the run
+        # candidates whose ignore flag differs from "unmatched" (sparse): prefix sums of the change
+        da, dtt, dc = np.nonzero(ig_c != out_e[:, None, cp_s])
+        dval = np.where(ig_c[da, dtt, dc], 1, -1)
+        dkey_ = (da * T + dtt) * n_c + dc  # sorted (nonzero order)
+        dpre = np.concatenate(([0], np.cumsum(dval)))
+        cst = segment_starts(crun)
+        first_of = np.repeat(cst, np.diff(np.append(cst, n_c)))  # first candidate of each run
+        ekey_ = (a_i * T + t_i) * n_c
+        dsum = dpre[np.searchsorted(dkey_, ekey_ + c_i, side="right")] - \
+            dpre[np.searchsorted(dkey_, ekey_ + first_of[c_i], side="left")]
+        # ignored detections up to each position of a run = out-of-range ones, corrected on candidates
+        oc = np.cumsum(out_e, axis=1, dtype=np.int64)  # (A, D)
+        oc_before = np.where(rs > 0, oc[:, np.maximum(rs - 1, 0)], 0)  # (A, nr)
+        ign = (oc[a_i, j] - oc_before[a_i, run]) + dsum  # ignored detections of the run up to j
+        fp = (j - rs[run] + 1) - m - ign
+        tpf = m.astype(np.float64)
+        pr = tpf / (fp.astype(np.float64) + tpf + np.spacing(1))
+        sa, stt, sk = a_i[st], t_i[st], k[st]
+        n_seg = ln
+        recall[stt, sk, sa, M - 1] = n_seg / npig[sk, sa]
+        # c[r] = #TP counts m in 1..npig with m / npig < recThrs[r]  (exact: same division)
+        np_flat = npig.T.reshape(-1)  # (A * K,) block b = a * K + k
+        off = np.concatenate(([0], np.cumsum(np_flat)))
+        mm = np.arange(1, off[-1] + 1) - np.repeat(off[:-1], np_flat)
+        blk = np.repeat(np.arange(A * K), np_flat)
+        ridx = np.searchsorted(REC_THRS, mm / np.repeat(np_flat, np_flat), side="right")
+        hist = np.bincount(blk * (R + 1) + ridx, minlength=A * K * (R + 1)).reshape(A * K, R + 1)
+        c_tab = np.cumsum(hist, axis=1)[:, :R]  # (A*K, R)
+        c_seg = np.minimum(c_tab[sa * K + sk], n_seg[:, None])  # (nseg, R)
+        # suffix maxima of pr over each segment's events, read at c[r], via one reduceat
+        nseg = st.size
+        flat = np.zeros(seg.size + nseg)
+        flat[np.arange(seg.size) + np.repeat(np.arange(nseg), ln)] = pr
+        base = st + np.arange(nseg)
+        chunk = np.maximum.reduceat(flat, (base[:, None] + c_seg).reshape(-1)).reshape(nseg, R)
+        q = np.maximum.accumulate(chunk[:, ::-1], axis=1)[:, ::-1]
+        q = np.where(c_seg < n_seg[:, None], q, 0.0)
+        precision[stt, :, sk, sa] = q
+        for m_i, md in enumerate(MAX_DETS[:-1]):
+            sel = rank_e[j] < md
+            cnt = np.bincount(((a_i * T + t_i) * K + k)[sel], minlength=A * T * K).reshape(A, T, K)
             with np.errstate(divide="ignore", invalid="ignore"):
-                tab = np.searchsorted(REC_THRS, n_tab / np.repeat(np_k, np_k + 1), side="right")
-            ridx = tab[off[cat_e][None, :] + tp_c]  # (T, D): thr[r] > rc <=> r >= ridx
-            key = (np.arange(T)[:, None] * nr + run_of[None, :]) * (R + 1) + ridx
-            hist = np.bincount(key.ravel(), minlength=T * nr * (R + 1)).reshape(T, nr, R + 1)
-            cnt = np.cumsum(hist, axis=2)[:, :, :R]  # (T, nr, R)
-            padded = np.zeros((T, D + nr))
-            padded[:, pad_pos] = pr
-            at = (np.arange(T)[:, None, None] * (D + nr) + base[None, :, None] + cnt).ravel()
-            chunk = np.maximum.reduceat(padded.ravel(), at).reshape(T, nr, R)
-            q = np.maximum.accumulate(chunk[:, :, ::-1], axis=2)[:, :, ::-1]
-            q = np.where(cnt < rl[None, :, None], q, 0.0)
-            precision[:, :, rk[live_r], a] = q[:, live_r, :].transpose(0, 2, 1)
-            for m_i, md in enumerate(MAX_DETS[:-1]):
-                sel = np.flatnonzero(rank_e < md)
-                if sel.size == 0:
-                    continue
-                ss = segment_starts(cat_e[sel])
-                cnt_m = np.add.reduceat(tp_e[a][:, sel].astype(np.int64), ss, axis=1)  # (T, runs)
-                kk = cat_e[sel][ss]
-                ok = np_k[kk] > 0
-                recall[:, kk[ok], a, m_i] = cnt_m[:, ok] / np_k[kk[ok]][None, :]
+                val = cnt.transpose(1, 2, 0) / npig[None]  # (T, K, A)
+            recall[:, :, :, m_i] = np.where(npig[None] > 0, val, -1.0)
+    else:
+        for m_i in range(M):
+            recall[:, :, :, m_i] = np.where(npig[None] > 0, 0.0, -1.0)
     stats = _summarize(precision, recall)
     return CocoResult(precision=precision, recall=recall, stats=stats, npig=npig, det_order=eo,
-                      det_tp=tp_e[0], det_fp=fp_e[0])
+                      det_tp=det_tp, det_fp=det_fp)
