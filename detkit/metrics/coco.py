@@ -21,8 +21,11 @@ What pycocotools does (cocoeval.py, maskApi.c ``bbIou``) and how it is reproduce
 The greedy matching is sequential only within one (image, category) group, so it runs in rounds:
 round r handles the r-th candidate detection of every group at once, for all 4 area ranges x 10
 IoU thresholds at once. Only pairs with IoU >= the lowest threshold can ever match, so only those
-are kept. The precision envelope at recall thresholds is a suffix maximum, computed with one
-``reduceat`` per area range over all (threshold, category) runs.
+are kept. Accumulation needs only the true-positive events: between two TPs precision can only
+fall (a FP) or stay (an ignored detection), so the envelope at any recall threshold is a maximum
+over TP events; each event's FP count comes from its position, minus the ignored detections
+before it (out-of-range ones by a cumulative count, corrected on the few matched candidates).
+One ``reduceat`` over all (area, threshold, category) event runs gives every envelope value.
 """
 from __future__ import annotations
 
