@@ -41,7 +41,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from detkit.errors import AnnotationError, EvalError, ImageError
+from detkit.errors import AnnotationError, EvalError
 from detkit.metrics import DetTable, EvalReport, GTTable, evaluate
 
 try:  # optional accelerator for large results files
@@ -95,7 +95,7 @@ def _read_json(path: Path):
         return json.loads(data)
     except OSError as exc:
         raise AnnotationError(f"cannot read JSON: {exc.strerror or exc}", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
         line = getattr(exc, "lineno", None)
         raise AnnotationError(f"invalid JSON: {getattr(exc, 'msg', exc)}", path=path, line=line) from None
 
