@@ -280,7 +280,7 @@ def test_classes_must_match_names(tmp_path):
         train(s)
 
 
-def test_train_writes_run_folder_and_learns_something(tmp_path):
+def test_train_writes_the_run_folder(tmp_path):
     data = make_dataset(tmp_path / "d", 8, 4, empty_every=4)  # images without objects included
     s = mini_settings(tmp_path, data, epochs=2, plots=True, batch=4, subdivisions=2)
     res = train(s)
@@ -396,6 +396,16 @@ def test_weights_from_checkpoint_and_freeze(tmp_path):
         if k.startswith(("layers.0.", "layers.2.")):
             assert torch.equal(after[k], ema[k]), k
     assert not torch.equal(after["layers.6.conv.weight"], start["layers.6.conv.weight"])
+
+
+def test_rare_class_remedies(tmp_path, caplog):
+    data = make_dataset(tmp_path / "d", 6, 2, seed=5)
+    with caplog.at_level("INFO", logger="detkit.engine.train"):
+        res = train(mini_settings(tmp_path, data, epochs=1, batch=2, subdivisions=1, class_weights=True,
+                                  balanced_sampler=True))
+    text = caplog.text
+    assert "class balance" in text and "is rare" in text and "class loss weights: square=" in text
+    assert res.history[0]["images"] == 6  # the weighted sampler draws as many images as the set holds
 
 
 @pytest.mark.slow
