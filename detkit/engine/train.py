@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -323,7 +322,11 @@ def load_start_weights(model: nn.Module, path: str, cutoff: int | None) -> set[i
 def _memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}G"
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        return "n/a"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak resident set, KiB on Linux
     return f"{rss_kb / 2 ** 20:.1f}G"
 
 
