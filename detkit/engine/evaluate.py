@@ -36,6 +36,8 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -128,6 +130,18 @@ def _boxes_array(items: list, path: Path, where: str) -> np.ndarray:
     raise AnnotationError(f"{where}: bbox values must be numbers", path=path)  # pragma: no cover
 
 
+def _boxes_fast(items: list) -> np.ndarray | None:
+    """Fast path of :func:`_boxes_array` for a clean list of 4-number lists (None: take the slow,
+    error-reporting path)."""
+    try:
+        if items and set(map(len, items)) != {4}:
+            return None
+        arr = np.fromiter(chain.from_iterable(items), np.float64, count=4 * len(items)).reshape(-1, 4)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return arr if np.isfinite(arr).all() else None
+
+
 def _stem_ids(paths: Sequence[Path], source: Path) -> list[str]:
     ids = [p.stem for p in paths]
     seen: dict[str, Path] = {}
@@ -183,6 +197,8 @@ def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
     for i, c in enumerate(cats):
         if not isinstance(c, dict) or "id" not in c:
             raise AnnotationError(f"categories[{i}]: expected an object with 'id'", path=p)
+        if isinstance(c["id"], bool) or not isinstance(c["id"], (int, float, str)):
+            raise AnnotationError(f"categories[{i}]: id must be an integer or string, got {c['id']!r}"[:200], path=p)
         cat_ids.append(c["id"])
         names.append(str(c.get("name", c["id"])))
     try:
@@ -206,7 +222,13 @@ def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
                 if key not in a:
                     raise AnnotationError(f"annotations[{i}]: missing '{key}'", path=p) from None
         raise
-    keep = [i for i, (im, c) in enumerate(zip(a_img, a_cat)) if im in index and c in cindex]
+    try:
+        keep = [i for i, (im, c) in enumerate(zip(a_img, a_cat)) if im in index and c in cindex]
+    except TypeError:  # a list or object as image_id / category_id
+        bad = next(i for i, (im, c) in enumerate(zip(a_img, a_cat))
+                   if not isinstance(im, (int, float, str)) or not isinstance(c, (int, float, str)))
+        raise AnnotationError(f"annotations[{bad}]: image_id and category_id must be integers or strings, got "
+                              f"{a_img[bad]!r}, {a_cat[bad]!r}"[:200], path=p) from None
     if len(keep) != len(anns):
         dropped = len(anns) - len(keep)
         log.warning("%s: %d annotations refer to images or categories not listed; ignored (as pycocotools)",
@@ -465,10 +487,10 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
     if not isinstance(doc, list):
         raise EvalError("COCO results JSON must be a list of {image_id, category_id, bbox, score}", path=p)
     try:
-        r_img = [d["image_id"] for d in doc]
-        r_cat = [d["category_id"] for d in doc]
-        r_box = [d["bbox"] for d in doc]
-        r_score = [d["score"] for d in doc]
+        r_img = list(map(itemgetter("image_id"), doc))
+        r_cat = list(map(itemgetter("category_id"), doc))
+        r_box = list(map(itemgetter("bbox"), doc))
+        r_score = list(map(itemgetter("score"), doc))
     except (TypeError, KeyError):
         for i, d in enumerate(doc):
             if not isinstance(d, dict):
@@ -481,8 +503,11 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
     if gt.kind == "coco":
         cindex = {c: k for k, c in enumerate(gt.category_ids or [])}
         img_index = _map_ids(r_img, gt.table.image_ids, lookup)
-        if img_index is None or (img_index < 0).any():
-            bad = next(k for k, i in enumerate(r_img) if not isinstance(i, (int, str)) or i not in lookup)
+        if img_index is None:  # ids the vectorised path does not handle (strings, beyond int64): the dict
+            img_index = np.array([lookup.get(i, -1) if isinstance(i, (int, str)) and not isinstance(i, bool)
+                                  else -1 for i in r_img], np.int64)
+        if (img_index < 0).any():
+            bad = int(np.flatnonzero(img_index < 0)[0])
             raise EvalError(f"results[{bad}]: image_id {r_img[bad]!r} is not an image of the ground truth", path=p)
         labels = _map_ids(r_cat, tuple(gt.category_ids or ()), cindex)
         if labels is None:
@@ -506,9 +531,11 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
             else:
                 raise EvalError(f"results[{k}]: category_id {c!r} is not a class index or name", path=p)
         keep = np.ones(len(doc), bool)
-    boxes = _boxes_array(r_box, p, "results")
+    boxes = _boxes_fast(r_box)
+    if boxes is None:
+        boxes = _boxes_array(r_box, p, "results")
     try:
-        scores = np.array(r_score, np.float64).reshape(-1)
+        scores = np.fromiter(r_score, np.float64, count=len(r_score))
         if scores.size != len(doc) or not np.isfinite(scores).all():
             raise ValueError
     except (TypeError, ValueError):
