@@ -1,4 +1,5 @@
-"""``detkit detect``: run a darknet cfg + weights on images, write annotated images and JSON."""
+"""``detkit detect``: run a darknet cfg + weights on images or a video; write annotated images /
+video, JSON (JSON lines for videos) and optionally YOLO-format prediction files."""
 from __future__ import annotations
 
 import argparse
@@ -17,19 +18,23 @@ from detkit.errors import DataError, ImageError, WeightsError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jpe", ".pgm", ".ppm"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                    ".mjpeg", ".mjpg", ".ts", ".3gp", ".ogv"}
 _WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "detect", help="detect objects in images with a darknet cfg + weights",
-        description="Run a YOLO model (darknet cfg + weights) on an image, a folder of images or a "
-                    "list file; write annotated images and detections.json to --out.")
+        description="Run a YOLO model (darknet cfg + weights) on an image, a folder of images, a "
+                    "list file or a video; write annotated images and detections.json (video: an "
+                    "annotated video and detections.jsonl, one line per frame) to --out.")
     p.add_argument("--cfg", required=True, help="darknet .cfg file (or a builtin name, e.g. yolov3-tiny)")
     p.add_argument("--weights", required=True, help="darknet .weights file")
     p.add_argument("--names", required=True, help="class names file, one per line (sets the class count)")
     p.add_argument("--source", required=True,
-                   help="an image, a folder of images (searched recursively) or a .txt list of image paths")
+                   help="an image, a folder of images (searched recursively), a .txt list of image paths "
+                        f"or a video file ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--nms", type=float, default=0.45, help="per-class NMS IoU threshold (default 0.45)")
@@ -42,7 +47,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--classes", type=int, default=None,
                    help="expected class count; must equal the number of names")
-    p.add_argument("--no-images", action="store_true", help="write only detections.json")
+    p.add_argument("--no-images", action="store_true",
+                   help="write no annotated images / video (only detections.json / detections.jsonl)")
+    p.add_argument("--save-txt", action="store_true",
+                   help="also write YOLO-format predictions, OUT/labels/<image stem>.txt, lines "
+                        "'class cx cy w h score' normalised to [0, 1] (read by detkit eval --pred OUT/labels)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="fast path compute type: auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), "
+                        "fp16 on CUDA, else fp32 (default auto)")
+    p.add_argument("--no-fast", action="store_true",
+                   help="run the plain float32 model (no BN folding, no reduced precision): the reference path")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fast model (slow start)")
+    p.add_argument("--quiet", dest="detect_quiet", action="store_true",
+                   help="no progress bar and no detection table (same as detkit -q)")
     p.set_defaults(func=run)
 
 
@@ -107,7 +124,7 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from detkit import build_model, load_darknet_weights
-    from detkit.data.datafiles import read_names, write_bytes_atomic, write_text_atomic
+    from detkit.data.datafiles import read_names
     from detkit.engine.predict import Predictor, parse_img_size, resolve_device
 
     if not 0.0 <= args.conf < 1.0:
@@ -127,11 +144,13 @@ def run(args: argparse.Namespace) -> int:
     weights = Path(args.weights)
     if not weights.is_file():
         raise WeightsError("weights file not found", path=weights)
-    sources = collect_sources(args.source)
+    src = Path(args.source)
+    video = src.is_file() and src.suffix.lower() in VIDEO_EXTENSIONS
+    sources = [src] if video else collect_sources(args.source)
     out_dir = Path(args.out)
     if not args.no_images and out_dir.resolve() in {p.resolve().parent for p in sources}:
-        raise DataError("--out is a folder holding input images; annotated images would overwrite "
-                        "them (choose another --out, or --no-images)", path=out_dir)
+        raise DataError(f"--out is a folder holding input {'videos' if video else 'images'}; annotated "
+                        "output would overwrite them (choose another --out, or --no-images)", path=out_dir)
 
     model = build_model(args.cfg, num_classes=len(names))
     report = load_darknet_weights(model, weights)
@@ -142,18 +161,39 @@ def run(args: argparse.Namespace) -> int:
     if report.partial:
         raise WeightsError(f"is a partial file (it ends before the last layer of {args.cfg}); "
                            "detection needs complete weights", path=weights)
-    predictor = Predictor(model, img_size=img_size, conf=args.conf, nms=args.nms,
-                          letterbox=not args.resize, device=device)
+    try:
+        predictor = Predictor(model, img_size=img_size, conf=args.conf, nms=args.nms, letterbox=not args.resize,
+                              device=device, fast=not args.no_fast, precision=args.precision,
+                              compile=args.compile)
+    except ValueError as exc:  # e.g. --precision fp16 on a CPU
+        raise DataError(f"{exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("detect: %d image(s), input %dx%d (%s), device %s", len(sources), *predictor.input_size,
-             "plain resize" if args.resize else "letterbox", device)
+    quiet = bool(getattr(args, "quiet", False) or args.detect_quiet)
+    progress = not quiet and sys.stderr.isatty()
+    log.info("detect: %s, input %dx%d (%s), %s", f"video {src}" if video else f"{len(sources)} image(s)",
+             *predictor.input_size, "plain resize" if args.resize else "letterbox", predictor.description)
+    if video:
+        return _detect_video(args, predictor, names, src, out_dir, progress)
+    return _detect_images(args, predictor, names, sources, out_dir, progress, quiet)
 
+
+def _detect_images(args: argparse.Namespace, predictor, names: list[str], sources: list[Path], out_dir: Path,
+                   progress: bool, quiet: bool) -> int:
+    from tqdm import tqdm
+
+    from detkit.data.datafiles import write_bytes_atomic, write_text_atomic
+
+    labels_dir = out_dir / "labels"
+    if args.save_txt:
+        labels_dir.mkdir(exist_ok=True)
     entries: list[dict] = []
     used: set[str] = set()
+    used_stems: set[str] = set()
     n_ok = n_bad = 0
     t0 = time.perf_counter()
     rows: list[tuple[str, str, str, str]] = []
-    for res in predictor.predict_paths(sources, batch_size=args.batch, keep_images=not args.no_images):
+    results = predictor.predict_paths(sources, batch_size=args.batch, keep_images=not args.no_images)
+    for res in tqdm(results, total=len(sources), unit="img", desc="detect", disable=not progress):
         if res.error is not None:
             n_bad += 1
             print(f"skipped: {res.error}", file=sys.stderr)
@@ -167,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
                             "score": round(float(score), 6), "box_xyxy": box_list})
             rows.append((image_str, names[int(cid)], f"{score:.2f}",
                          " ".join(f"{v:.0f}" for v in box_list)))
+        if args.save_txt:
+            stem = _label_stem(Path(res.path), used_stems)
+            write_text_atomic(labels_dir / f"{stem}.txt", yolo_prediction_lines(det, *res.image_size))
         if not args.no_images:
             out_name = _output_name(Path(res.path), used)
             ok, buf = cv2.imencode(Path(out_name).suffix, draw_detections(res.image, det, names))
@@ -175,10 +218,128 @@ def run(args: argparse.Namespace) -> int:
             write_bytes_atomic(out_dir / out_name, buf.tobytes())  # bytes: non-ASCII names are fine
     elapsed = time.perf_counter() - t0
     write_text_atomic(out_dir / "detections.json", _entries_json(entries))
-    _print_table(rows)
+    if predictor.last_stats is not None:
+        log.info("pipeline: %s", predictor.last_stats.describe())
+    if not quiet:
+        _print_table(rows)
     print(f"{n_ok} image(s) processed, {len(entries)} detection(s), {n_bad} unreadable image(s) skipped, "
           f"{elapsed:.2f} s; results in {out_dir}")
     return 0 if n_ok > 0 else 1
+
+
+def yolo_prediction_lines(det, width: int, height: int) -> str:
+    """Detections (original pixels) -> YOLO prediction lines ``class cx cy w h score``, box values
+    normalised by the image ``width`` / ``height``, 6 decimals (``detkit eval --pred-format yolo``)."""
+    lines = []
+    for (x1, y1, x2, y2), score, cid in zip(det.boxes.astype(np.float64), det.scores, det.class_ids):
+        lines.append(f"{int(cid)} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {float(score):.6f}\n")
+    return "".join(lines)
+
+
+def _label_stem(path: Path, used: set[str]) -> str:
+    """The image's stem, de-duplicated (``stem_2``) with a warning: ``detkit eval`` matches
+    prediction files to images by stem, so two images with one stem cannot both be scored."""
+    stem, k = path.stem, 2
+    if stem.lower() in used:
+        while f"{stem}_{k}".lower() in used:
+            k += 1
+        log.warning("%s: another image has the stem %r; its predictions go to %s_%d.txt", path, stem, stem, k)
+        stem = f"{stem}_{k}"
+    used.add(stem.lower())
+    return stem
+
+
+def _open_writer(out_dir: Path, stem: str, fps: float, size: tuple[int, int]):
+    """A cv2.VideoWriter on a temporary name in ``out_dir``: mp4v in .mp4, else MJPG in .avi
+    (both work with the opencv-python(-headless) wheels). Returns (writer, temp path, final path)."""
+    for fourcc, ext in (("mp4v", ".mp4"), ("MJPG", ".avi")):
+        tmp = out_dir / f".{stem}.partial{ext}"
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, tmp, out_dir / f"{stem}{ext}"
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    raise DataError("OpenCV cannot write an mp4v/.mp4 or MJPG/.avi video here (use --no-images)", path=out_dir)
+
+
+def _detect_video(args: argparse.Namespace, predictor, names: list[str], src: Path, out_dir: Path,
+                  progress: bool) -> int:
+    """Frames -> detections: ``OUT/<stem>.mp4`` (or ``.avi``) annotated, ``OUT/detections.jsonl``
+    one JSON object per frame ``{"frame", "time", "detections": [...]}`` (time = frame / fps, s),
+    with ``--save-txt`` ``OUT/labels/<stem>_<frame:06d>.txt``."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from detkit.data.datafiles import write_text_atomic
+
+    cap = cv2.VideoCapture(str(src))
+    if not cap.isOpened():
+        cap.release()
+        raise DataError("cannot open the video (not a video, or a codec this OpenCV lacks)", path=src)
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    fps = fps if np.isfinite(fps) and fps > 0 else 0.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    labels_dir = out_dir / "labels"
+    if args.save_txt:
+        labels_dir.mkdir(exist_ok=True)
+
+    def frames():
+        while True:
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    fd, jsonl_tmp = tempfile.mkstemp(prefix=".detections.jsonl.", suffix=".tmp", dir=out_dir)
+    writer = video_tmp = video_out = None
+    n_frames = n_dets = 0
+    t0 = time.perf_counter()
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as jf:
+            results = predictor.predict_frames(frames(), batch_size=args.batch)
+            for i, (frame, det) in enumerate(tqdm(results, total=total or None, unit="frame", desc="detect",
+                                                  disable=not progress)):
+                n_frames += 1
+                n_dets += len(det)
+                dets = [{"class_id": int(c), "class_name": names[int(c)], "score": round(float(s), 6),
+                         "box_xyxy": [round(float(v), 4) for v in b]}
+                        for b, s, c in zip(det.boxes, det.scores, det.class_ids)]
+                jf.write(json.dumps({"frame": i, "time": round(i / fps, 6) if fps else None,
+                                     "detections": dets}, ensure_ascii=False) + "\n")
+                if args.save_txt:
+                    write_text_atomic(labels_dir / f"{src.stem}_{i:06d}.txt",
+                                      yolo_prediction_lines(det, frame.shape[1], frame.shape[0]))
+                if not args.no_images:
+                    if writer is None:
+                        writer, video_tmp, video_out = _open_writer(out_dir, src.stem, fps or 25.0,
+                                                                    (frame.shape[1], frame.shape[0]))
+                    writer.write(draw_detections(frame, det, names))
+            jf.flush()
+            os.fsync(jf.fileno())
+        if writer is not None:
+            writer.release()
+            writer = None
+            os.replace(video_tmp, video_out)
+        if n_frames == 0:
+            raise DataError("no frame could be read from the video", path=src)
+        os.chmod(jsonl_tmp, 0o644)
+        os.replace(jsonl_tmp, out_dir / "detections.jsonl")
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        for tmp in (jsonl_tmp, video_tmp):
+            if tmp is not None and Path(tmp).exists():
+                Path(tmp).unlink()
+    elapsed = time.perf_counter() - t0
+    if predictor.last_stats is not None:
+        log.info("pipeline: %s", predictor.last_stats.describe())
+    print(f"{n_frames} frame(s) processed, {n_dets} detection(s), {elapsed:.2f} s "
+          f"({n_frames / max(elapsed, 1e-9):.1f} frames/s); results in {out_dir}"
+          + (f" ({video_out.name}, detections.jsonl)" if video_out is not None else " (detections.jsonl)"))
+    return 0
 
 
 def _print_table(rows: list[tuple[str, str, str, str]]) -> None:

@@ -1,17 +1,23 @@
 """Batched prediction: images -> letterbox/resize -> model -> threshold + NMS -> original pixels.
 
-Decoding and resizing of the next batch run in a small thread pool while the model works on the
-current one (OpenCV releases the GIL while decoding and resizing).
+Decoding and resizing of the next batch run in a small thread pool (image files) or a background
+thread (video frames, any iterable of arrays) while the model works on the current one (OpenCV
+releases the GIL while decoding and resizing). ``Predictor.last_stats`` tells how long the model
+waited for data. ``fast=True`` runs :func:`detkit.engine.fast.optimize_for_inference`'s model
+(batch norm folded, channels_last, bf16 on CPUs with native bf16, fp16 on CUDA).
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -78,16 +84,50 @@ class InputTransform:
 
 
 @dataclass(frozen=True)
+class PipelineStats:
+    """Timings of one :meth:`Predictor.predict_paths` / :meth:`Predictor.predict_frames` run.
+
+    Attributes:
+        images: images (or frames) run through the model.
+        batches: forward passes.
+        wall_s: seconds from the first request to the last result handed out (includes the time
+            the caller spends between results).
+        wait_s: seconds the model thread was blocked waiting for decoded, resized inputs.
+        model_s: seconds in forward + decode + NMS + mapping back (the model thread's work).
+    """
+
+    images: int
+    batches: int
+    wall_s: float
+    wait_s: float
+    model_s: float
+
+    @property
+    def wait_share(self) -> float:
+        """Share of the model thread's busy + waiting time spent waiting for data (0 = never)."""
+        total = self.wait_s + self.model_s
+        return self.wait_s / total if total > 0 else 0.0
+
+    def describe(self) -> str:
+        rate = self.images / self.wall_s if self.wall_s > 0 else float("nan")
+        return (f"{self.images} image(s) in {self.batches} batch(es), {self.wall_s:.2f} s ({rate:.1f}/s); "
+                f"model {self.model_s:.2f} s, waiting for data {self.wait_s:.2f} s "
+                f"({100 * self.wait_share:.1f}% of the model thread's time)")
+
+
+@dataclass(frozen=True)
 class PathResult:
     """Outcome for one image file: ``detections`` (original pixels) or ``error`` (why it was skipped).
 
-    ``image`` is the decoded RGB image when requested (``keep_images=True``), else None.
+    ``image`` is the decoded RGB image when requested (``keep_images=True``), else None;
+    ``image_size`` its (width, height) after EXIF orientation (None for an unreadable file).
     """
 
     path: str | os.PathLike
     detections: Detections | None
     error: ImageError | None = None
     image: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None
 
 
 class Predictor:
@@ -95,7 +135,8 @@ class Predictor:
 
     Args:
         model: eval forward ``(N, 3, H, W)`` in [0, 1] -> ``(N, R, 5 + C)`` (see docs/ARCHITECTURE.md).
-            It is moved to ``device`` and put in eval mode.
+            Without ``fast`` it is moved to ``device`` and put in eval mode; with ``fast`` it is
+            only read (the predictor runs an optimised copy).
         img_size: network input, ``416``, ``"WxH"`` or ``(W, H)``; multiples of 32. None: the
             cfg's ``[net] width/height``.
         conf: score threshold (objectness * class probability, strict ``>``).
@@ -104,11 +145,18 @@ class Predictor:
             stretch to the input size, with darknet's own resize arithmetic.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         max_det: at most this many detections per image.
+        fast: run :func:`detkit.engine.fast.optimize_for_inference` (needs a DarknetModel).
+        precision: the fast path's compute dtype: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        compile: the fast path under ``torch.compile``.
+
+    ``last_stats`` holds the :class:`PipelineStats` of the last finished ``predict_paths`` /
+    ``predict_frames`` run (None before).
     """
 
     def __init__(self, model: nn.Module, img_size: int | str | Sequence[int] | None = None,
                  conf: float = 0.25, nms: float = 0.45, letterbox: bool = True,
-                 device: str | torch.device = "cpu", max_det: int = 300) -> None:
+                 device: str | torch.device = "cpu", max_det: int = 300, fast: bool = False,
+                 precision: str = "auto", compile: bool = False) -> None:
         if img_size is None:
             net = getattr(model, "net", None)
             width = getattr(net, "width", None) if not isinstance(net, dict) else net.get("width")
@@ -121,7 +169,20 @@ class Predictor:
             raise ValueError(f"NMS threshold must be in (0, 1], got {nms}")
         self.conf, self.nms, self.letterbox, self.max_det = conf, nms, letterbox, max_det
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.fast = fast
+        if fast:
+            from detkit.engine.fast import optimize_for_inference
+
+            self.model = optimize_for_inference(model, self.device, dtype=precision, compile=compile)
+        else:
+            self.model = model.to(self.device).eval()
+        self.last_stats: PipelineStats | None = None
+
+    @property
+    def description(self) -> str:
+        """How the model runs, e.g. ``"fast: bf16, channels_last, 11 BN folded, cpu"``."""
+        info = getattr(self.model, "fast_info", None)
+        return f"fast: {info.describe()}" if info is not None else f"eager float32, {self.device}"
 
     def prepare(self, img: np.ndarray) -> tuple[np.ndarray, InputTransform]:
         """RGB uint8 (h, w, 3) -> network-size RGB (H, W, 3) and its transform.
@@ -139,8 +200,8 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, batch: list[np.ndarray], transforms: list[InputTransform]) -> list[Detections]:
         x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8 or float [0, 1]
-        x = x.permute(0, 3, 1, 2)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # (N, 3, H, W) in [0, 1]
+        x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last in memory (no copy)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # [0, 1], layout kept
         pred = self.model(x)  # (N, R, 5 + C), network-input pixels
         dets = postprocess(pred, self.conf, self.nms, self.max_det)
         return [t.to_original(d) for t, d in zip(transforms, dets)]
@@ -170,6 +231,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         path_iter = iter(paths)
+        clock = _Clock()
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="detkit-load") as pool:
             pending: deque[tuple[object, Future]] = deque()
 
@@ -184,12 +246,129 @@ class Predictor:
             while pending:
                 items = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 fill(2 * batch_size)  # the next batch decodes while this one runs
-                loaded = [(p, f.result()) for p, f in items]
+                with clock.waiting():
+                    loaded = [(p, f.result()) for p, f in items]
                 ok = [(p, r) for p, r in loaded if not isinstance(r, ImageError)]
-                dets = self._run([r[1] for _, r in ok], [r[2] for _, r in ok]) if ok else []
+                with clock.working(len(ok)):
+                    dets = self._run([r[1] for _, r in ok], [r[2] for _, r in ok]) if ok else []
                 by_path = {id(r): d for (_, r), d in zip(ok, dets)}
                 for p, r in loaded:
                     if isinstance(r, ImageError):
                         yield PathResult(p, None, r)
                     else:
-                        yield PathResult(p, by_path[id(r)], None, r[0] if keep_images else None)
+                        yield PathResult(p, by_path[id(r)], None, r[0] if keep_images else None,
+                                         (r[2].width, r[2].height))
+        self.last_stats = clock.stats()
+
+    def predict_frames(self, frames: Iterable[np.ndarray], batch_size: int = 8,
+                       prefetch: int | None = None) -> Iterator[tuple[np.ndarray, Detections]]:
+        """Detect on a stream of RGB uint8 (h, w, 3) frames (e.g. a video), in order.
+
+        The iterable is consumed in a background thread (reading a video there decodes the next
+        frames while the model runs), which also letterboxes; ``prefetch`` frames at most wait
+        ready (default ``2 * batch_size``). Yields ``(frame, detections)`` per frame.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        clock = _Clock()
+        with _Prefetcher(frames, lambda f: (f, *self.prepare(f)), prefetch or 2 * batch_size) as feed:
+            done = False
+            while not done:
+                batch: list[tuple[np.ndarray, np.ndarray, InputTransform]] = []
+                with clock.waiting():
+                    while len(batch) < batch_size:
+                        item = feed.get()
+                        if item is _END:
+                            done = True
+                            break
+                        batch.append(item)
+                if not batch:
+                    break
+                with clock.working(len(batch)):
+                    dets = self._run([b[1] for b in batch], [b[2] for b in batch])
+                for (frame, _, _), det in zip(batch, dets):
+                    yield frame, det
+        self.last_stats = clock.stats()
+
+
+class _Clock:
+    """Wall time split into waiting-for-data and model work, for :class:`PipelineStats`."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.wait = self.model = 0.0
+        self.images = self.batches = 0
+
+    class _Span:
+        def __init__(self, clock: "_Clock", attr: str, images: int) -> None:
+            self.clock, self.attr, self.images = clock, attr, images
+
+        def __enter__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            setattr(self.clock, self.attr, getattr(self.clock, self.attr) + time.perf_counter() - self.t0)
+            if self.attr == "model" and self.images:
+                self.clock.images += self.images
+                self.clock.batches += 1
+
+    def waiting(self) -> "_Clock._Span":
+        return _Clock._Span(self, "wait", 0)
+
+    def working(self, images: int) -> "_Clock._Span":
+        return _Clock._Span(self, "model", images)
+
+    def stats(self) -> PipelineStats:
+        return PipelineStats(self.images, self.batches, time.perf_counter() - self.start, self.wait, self.model)
+
+
+_END = object()
+
+
+class _Prefetcher:
+    """Consume ``iterable`` in a daemon thread, apply ``fn`` to each item, hand results over in
+    order through a bounded queue. ``get()`` returns the next result or ``_END``; an exception in
+    the thread is re-raised by ``get()``. Leaving the ``with`` block stops the thread."""
+
+    def __init__(self, iterable: Iterable[Any], fn: Callable[[Any], Any], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(iterable, fn), daemon=True,
+                                        name="detkit-prefetch")
+
+    def __enter__(self) -> "_Prefetcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, iterable: Iterable[Any], fn: Callable[[Any], Any]) -> None:
+        try:
+            for item in iterable:
+                if not self._put(("item", fn(item))):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            self._put(("error", exc))
+
+    def get(self) -> Any:
+        kind, value = self._queue.get()
+        if kind == "error":
+            raise value
+        return _END if kind == "end" else value
