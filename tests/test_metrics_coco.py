@@ -206,3 +206,43 @@ def test_table_and_image_list_inputs_agree():
     assert isinstance(g, GTTable) and isinstance(d, DetTable)
     b = evaluate(g, d, ["x", "y", "z"], metric="coco")
     assert a.stats == b.stats
+
+
+# ----------------------------------------------------------------------------- property-based
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_box = st.tuples(st.integers(0, 6), st.integers(0, 6), st.integers(1, 6), st.integers(1, 6))  # coarse grid: IoU ties
+
+
+@st.composite
+def coco_cases(draw):
+    n_img = draw(st.integers(1, 3))
+    anns, dets = [], []
+    first_id = draw(st.sampled_from([0, 1]))
+    for iid in range(1, n_img + 1):
+        for _ in range(draw(st.integers(0, 4))):
+            x, y, w, h = draw(_box)
+            s = draw(st.sampled_from([1.0, 8.0]))  # x8: medium / large objects too
+            anns.append({"id": first_id + len(anns), "image_id": iid, "category_id": draw(st.sampled_from([1, 2])),
+                         "bbox": [x * s, y * s, w * s, h * s], "area": draw(st.sampled_from([w * h * s * s, 2000.0, 100.0])),
+                         "iscrowd": int(draw(st.integers(0, 5)) == 0)})
+        for _ in range(draw(st.integers(0, 5))):
+            x, y, w, h = draw(_box)
+            s = draw(st.sampled_from([1.0, 8.0]))
+            dets.append({"image_id": iid, "category_id": draw(st.sampled_from([1, 2, 3])),
+                         "bbox": [x * s, y * s, w * s, h * s], "score": draw(st.sampled_from([0.9, 0.5, 0.5, 0.1]))})
+    gt = {"images": [{"id": i} for i in range(1, n_img + 1)],
+          "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)], "annotations": anns}
+    return gt, dets
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=coco_cases())
+def test_property_matches_pycocotools(tmp_path, case):
+    gt, dets = case
+    ref_stats, ref_cat = reference(gt, dets)
+    stats, per_cat = detkit_stats(tmp_path, gt, dets)
+    np.testing.assert_allclose(stats, ref_stats, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(per_cat, ref_cat, rtol=0, atol=1e-12)
