@@ -27,6 +27,9 @@ def test_round_trip_with_weights_only(tmp_path):
     assert got["epoch"] == 3 and torch.equal(got["model"]["w"], torch.arange(6.0).view(2, 3))
     assert got["settings"] == {"lr": 0.001, "img_size": [416, 416]}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not mkstemp's 0600
 
 
 def test_rng_states_round_trip():

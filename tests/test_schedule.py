@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from detkit.engine.ema import ModelEMA
+from detkit.engine.train import ema_defaults
 from detkit.engine.schedule import LRScheduler, ScheduleConfig, learning_rate
 
 
@@ -82,3 +83,10 @@ def test_ema_ramp_and_average():
     other.load_state_dict(ema.state_dict())
     assert other.updates == 2 and other.decay == 0.9
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
+
+
+def test_ema_defaults_follow_the_run_length():
+    assert ema_defaults(100) == (0.9, 10.0)  # short fine-tune: about the last epoch or so
+    d, tau = ema_defaults(4000)
+    assert d == pytest.approx(1 - 1 / 200) and tau == 200.0
+    assert ema_defaults(10_000_000) == (0.9999, 2000.0)  # long runs: the usual values

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # like mkstemp, but with the usual permissions (0666 minus umask) instead of mkstemp's 0600
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)

@@ -93,8 +93,8 @@ class TrainSettings:
     class_weights: bool = False
     balanced_sampler: bool = False
     ema: bool = True
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
+    ema_decay: float | None = None
+    ema_tau: float | None = None
     grad_clip: float | None = None
     channels_last: bool = True
     tensorboard: bool = False
@@ -365,6 +365,14 @@ def save_plots(run_dir: Path, history: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+def ema_defaults(total_steps: int) -> tuple[float, float]:
+    """EMA decay and ramp for a run of ``total_steps``: the average spans ~5% of the run
+    (``decay = 1 - 1 / (0.05 * total)``, clamped to [0.9, 0.9999]; ramp ``tau`` = that span, at most
+    2000). The usual 0.9999 would average a short fine-tune's whole history, initial weights included."""
+    span = max(10.0, 0.05 * total_steps)
+    return min(0.9999, max(0.9, 1.0 - 1.0 / span)), min(2000.0, span)
+
+
 def _class_weight_tuple(balance_objects: tuple[int, ...]) -> tuple[float, ...]:
     """Loss weights per class: sqrt of inverse object frequency, normalised to mean 1 over present classes."""
     counts = np.asarray(balance_objects, dtype=np.float64)
@@ -518,7 +526,10 @@ class Trainer:
         if class_w is not None and info.is_main:
             log.info("class loss weights: %s", ", ".join(f"{n}={w:.2f}" for n, w in zip(self.names, class_w)))
         self.loss_fn = YoloLoss.from_model(model, LossConfig(box_loss=s.box_loss, class_weights=class_w))  # type: ignore[arg-type]
-        self.ema = ModelEMA(model, decay=s.ema_decay, tau=s.ema_tau) if s.ema else None
+        decay, tau = ema_defaults(total_steps)
+        decay = s.ema_decay if s.ema_decay is not None else decay
+        tau = s.ema_tau if s.ema_tau is not None else tau
+        self.ema = ModelEMA(model, decay=decay, tau=tau) if s.ema else None
         self.ddp: nn.Module = model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
