@@ -290,3 +290,108 @@ def test_real_detect_dog_matches_darknet(shared, repo, tmp_path, capsys):
     assert (tmp_path / "dog.jpg").is_file()
     # nothing else above threshold except darknet's own "lower-scored truck/car pair"
     assert len(entries) <= 6
+
+
+# ----------------------------------------------------------------------------- --save-txt -> detkit eval
+
+
+def test_save_txt_round_trips_through_detkit_eval(tiny, tmp_path, capsys):
+    """``--save-txt`` files read back by ``detkit eval`` give detections.json's boxes, and the same
+    mAP as a COCO results file written from detections.json (an independent reader)."""
+    from detkit.engine.evaluate import load_ground_truth, load_predictions
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    rng = np.random.default_rng(1)
+    sizes = {"a": (120, 90), "b": (64, 150), "c": (200, 200)}
+    for stem, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(ds / "images" / f"{stem}.jpg", quality=95)
+        (ds / "labels" / f"{stem}.txt").write_text("0 0.5 0.5 0.4 0.5\n1 0.3 0.3 0.2 0.2\n")
+    # an EXIF-rotated photo: detect and eval must agree on the displayed (rotated) frame
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (60, 100, 3), np.uint8)).save(ds / "images" / "rot.jpg", exif=exif)
+    (ds / "labels" / "rot.txt").write_text("0 0.5 0.5 0.6 0.3\n")
+    sizes["rot"] = (60, 100)
+    (ds / "val.txt").write_text("".join(f"images/{s}.jpg\n" for s in sizes))
+
+    out = tmp_path / "out"
+    assert _detect(tiny, out, "--source", str(ds / "val.txt"), "--save-txt", "--no-images", "--conf", "0.5",
+                   "--no-fast") == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(f"{s}.txt" for s in sizes)
+    entries = json.loads((out / "detections.json").read_text(encoding="utf-8"))
+    assert len(entries) > 8
+
+    # the files read back by eval's YOLO prediction reader equal detections.json
+    gt = load_ground_truth(ds / "val.txt", ["圆 circle", "square"])
+    dt, voc_px, _ = load_predictions(out / "labels", gt, "yolo")
+    assert not voc_px and len(dt.scores) == len(entries)
+    stems = [str(i) for i in gt.table.image_ids]
+    got = sorted((stems[i], int(c), round(float(s), 5), *np.round(b, 2))
+                 for i, c, s, b in zip(dt.image_index, dt.labels, dt.scores, dt.xyxy()))
+    want = sorted((Path(e["image"]).stem, e["class_id"], round(e["score"], 5), *np.round(e["box_xyxy"], 2))
+                  for e in entries)
+    assert len(got) == len(want)
+    for g, w_ in zip(got, want):
+        assert g[:3] == w_[:3]
+        np.testing.assert_allclose(g[3:], w_[3:], atol=0.02)
+
+    # detkit eval on the label folder == detkit eval on a COCO results file made from detections.json
+    coco = [{"image_id": Path(e["image"]).stem, "category_id": e["class_id"], "score": e["score"],
+             "bbox": [e["box_xyxy"][0], e["box_xyxy"][1], e["box_xyxy"][2] - e["box_xyxy"][0],
+                      e["box_xyxy"][3] - e["box_xyxy"][1]]} for e in entries]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    reports = []
+    for pred, fmt in ((out / "labels", "yolo"), (tmp_path / "coco.json", "coco")):
+        j = tmp_path / f"{fmt}.report.json"
+        assert main(["eval", "--gt", str(ds / "val.txt"), "--names", str(tiny / "two.names"), "--pred", str(pred),
+                     "--pred-format", fmt, "--json", str(j)]) == 0
+        reports.append(json.loads(j.read_text()))
+    assert reports[0]["n_detections"] == reports[1]["n_detections"] == len(entries)
+    assert reports[0]["map"] == pytest.approx(reports[1]["map"], abs=1e-9)
+    assert [c["tp"] for c in reports[0]["classes"]] == [c["tp"] for c in reports[1]["classes"]]
+    assert sum(c["tp"] for c in reports[0]["classes"]) > 0
+
+
+def test_save_txt_duplicate_stems_are_kept_apart(tiny, tmp_path, caplog):
+    for sub in ("x", "y"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "in" / sub / "same.png")
+    assert _detect(tiny, tmp_path / "out", "--source", str(tmp_path / "in"), "--save-txt", "--quiet") == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["same.txt", "same_2.txt"]
+    assert "same_2.txt" in caplog.text
+
+
+# ----------------------------------------------------------------------------- real tier: fast path accuracy
+
+
+@pytest.mark.real
+def test_real_fast_path_finds_what_fp32_finds(shared, repo):
+    """The default fast path (BN folded, channels_last, bf16 where native) against the plain float32
+    model with the real yolov3-tiny weights on 25 raccoon photos: the same objects, scores within
+    0.03, boxes IoU >= 0.95 (detections of either path above 0.30 are looked up in the other's
+    detections above 0.15, so threshold crossings are not mismatches)."""
+    model = detkit.build_model(repo / "cfg" / "yolov3-tiny.cfg")
+    detkit.load_darknet_weights(model, shared / "weights" / "yolov3-tiny.weights")
+    paths = sorted((shared / "data" / "raccoon" / "JPEGImages").glob("*.jpg"))[::5]
+    fast = Predictor(model, conf=0.15, fast=True, device="cpu")
+    plain = Predictor(model, conf=0.15, fast=False, device="cpu")
+    res_fast = {str(r.path): r.detections for r in fast.predict_paths(paths, batch_size=4)}
+    res_plain = {str(r.path): r.detections for r in plain.predict_paths(paths, batch_size=4)}
+    checked, score_diffs = 0, []
+    for p in res_plain:
+        for a, b in ((res_plain[p], res_fast[p]), (res_fast[p], res_plain[p])):
+            for box, score, cid in zip(a.boxes, a.scores, a.class_ids):
+                if score <= 0.30:
+                    continue
+                same = b.class_ids == cid
+                assert same.any(), (p, int(cid), float(score))
+                ious = iou_matrix(box[None].astype(np.float64), b.boxes[same].astype(np.float64))[0]
+                j = int(np.argmax(ious))
+                assert ious[j] >= 0.95, (p, int(cid), ious[j])
+                score_diffs.append(abs(float(b.scores[same][j]) - float(score)))
+                checked += 1
+    assert checked >= 40
+    assert max(score_diffs) <= 0.03 and float(np.mean(score_diffs)) <= 0.006, (max(score_diffs), np.mean(score_diffs))
