@@ -194,7 +194,12 @@ def _walk(src: Path, logs: _Log) -> _Tree:
             if e.is_dir(follow_symlinks=False):
                 continue
             if e.is_symlink():
-                if not _inside(Path(e.path).resolve(), real_src):
+                try:
+                    target = Path(e.path).resolve()
+                except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+                    logs.skip(rel, "symlink_loop", "symbolic link loop (not followed)")
+                    continue
+                if not _inside(target, real_src):
                     logs.skip(rel, "symlink_outside", "symbolic link leading outside SRC (not followed)")
                     continue
                 if not os.path.isfile(e.path):

@@ -93,6 +93,8 @@ def _open_header(source, path: str | os.PathLike) -> ImageHeader:
             # PIL warns above its own (global) bomb limit; we apply MAX_PIXELS ourselves.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                if img.width * img.height > MAX_PIXELS:  # PIL's PNG getexif() decodes every pixel: skip it
+                    return ImageHeader(img.format or "?", int(img.width), int(img.height), 1)
                 return ImageHeader(img.format or "?", int(img.width), int(img.height), _orientation_of(img))
     except UnidentifiedImageError as exc:
         raise ImageError("not a recognised image format", path=path) from exc
