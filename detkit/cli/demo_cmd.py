@@ -58,9 +58,9 @@ class DemoSettings:
     epochs: int = 30
     seed: int = 0
     device: str = "auto"
-    img_size: int = 224
-    image_size: tuple[int, int] = (256, 256)
-    batch: int = 16
+    img_size: int = 160
+    image_size: tuple[int, int] = (192, 192)
+    batch: int = 8
     lr: float = 0.01
     burn_in: int = 40
     val_fraction: float = 0.25
