@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "stats_cmd",
     "export_cmd",
     "demo_cmd",
+    "benchmark_cmd",
 ]
 
 

@@ -1,0 +1,151 @@
+"""``detkit benchmark``: detkit's inference paths vs OpenCV DNN (and pytorchyolo) on one machine.
+
+Prints markdown tables: batch-1 model latency with ratios to OpenCV DNN, end-to-end images/s over a
+folder of JPEGs (decode -> resize -> model -> NMS -> JSON) against a plain OpenCV DNN loop, and,
+with ``--data``, VOC mAP@0.5 of the float32 and fast paths. See docs/benchmarks_inference.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from detkit.errors import DataError, WeightsError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="time detkit inference against OpenCV DNN on this machine",
+        description="Batch-1 latency and end-to-end images/s of detkit (plain fp32 and the fast path) "
+                    "against OpenCV DNN's darknet importer on the same cfg + weights, in one run. Run it on "
+                    "a quiet machine.")
+    p.add_argument("--cfg", default=None, help="darknet cfg (default: the repo's cfg/yolov3-tiny.cfg)")
+    p.add_argument("--weights", default=None,
+                   help="darknet .weights (default ../shared/weights/yolov3-tiny.weights) or, for --data, "
+                        "a detkit checkpoint")
+    p.add_argument("--names", default=None, help="class names of the weights (default ../shared/weights/coco.names)")
+    p.add_argument("--images", default=None,
+                   help="folder of images for the end-to-end run (default ../shared/data/raccoon/JPEGImages)")
+    p.add_argument("--limit", type=int, default=200, help="images in the end-to-end run (default 200)")
+    p.add_argument("--size", type=int, default=416, help="network input size (default 416)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and OpenCV (default 2)")
+    p.add_argument("--warmup", type=int, default=5, help="latency warm-up calls per contender (default 5)")
+    p.add_argument("--iters", type=int, default=30, help="timed latency calls per contender (default 30)")
+    p.add_argument("--e2e-batch", type=int, default=8, help="detkit detect --batch in the end-to-end run (default 8)")
+    p.add_argument("--compile", action="store_true", help="also time the fast paths under torch.compile (slow start)")
+    p.add_argument("--pytorchyolo-path", default=None,
+                   help="folder holding the pytorchyolo package (pip install --no-deps --target DIR pytorchyolo)")
+    p.add_argument("--data", default=None,
+                   help="obj.data / data.yaml: also measure VOC mAP@0.5 on its validation split for the fp32 "
+                        "and fast paths (use a model fine-tuned on that data as --weights, with its --cfg)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: latency, e2e")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 warm-up + 3 timed calls, 20 images (not a measurement)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.set_defaults(func=run)
+
+
+def _say(msg: str) -> None:
+    print(f"[benchmark] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import cv2
+    import torch
+
+    from detkit.engine import benchmark as bm
+
+    repo = Path(__file__).resolve().parents[2]
+    shared = bm.default_shared()
+    cfg = args.cfg or str(repo / "cfg" / "yolov3-tiny.cfg")
+    weights = args.weights or str(shared / "weights" / "yolov3-tiny.weights")
+    names = args.names or str(shared / "weights" / "coco.names")
+    if not Path(cfg).is_file():
+        raise DataError("cfg file not found", path=cfg)
+    if not Path(weights).is_file():
+        raise WeightsError("weights file not found (pass --weights)", path=weights)
+    if args.quick:
+        args.warmup, args.iters, args.limit = 1, 3, min(args.limit, 20)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    results: dict = {"machine": bm.machine_line(args.threads), "cfg": cfg, "weights": weights,
+                     "size": args.size, "quick": args.quick}
+    print(f"# detkit benchmark{' (--quick: NOT a measurement)' if args.quick else ''}\n")
+    print(f"{results['machine']}; cfg `{Path(cfg).name}`, weights `{Path(weights).name}`, "
+          f"input {args.size}x{args.size}\n")
+
+    if "latency" not in skip and not args.data:
+        _say("latency: round-robin over the contenders")
+        timings = bm.latency(cfg, weights, args.size, 1, args.warmup, args.iters, compile=args.compile,
+                             pytorchyolo_path=args.pytorchyolo_path, progress=_say)
+        ref = next(t for t in timings if t.name.startswith("OpenCV")).median
+        print(f"## Batch-1 model latency (forward + yolo decode; {args.iters} timed calls each after "
+              f"{args.warmup} warm-up, round-robin)\n")
+        print("| contender | median ms | best ms | x OpenCV DNN latency | note |")
+        print("|---|---:|---:|---:|---|")
+        for t in timings:
+            if not t.times_ms:
+                print(f"| {t.name} | - | - | - | {t.note} |")
+                continue
+            print(f"| {t.name} | {t.median:.1f} | {t.best:.1f} | {t.median / ref:.2f}x | {t.note} |")
+        print("\nTargets: fast path <= 0.40x, plain fp32 <= 0.70x OpenCV DNN's latency.\n")
+        results["latency"] = [{"name": t.name, "median_ms": t.median if t.times_ms else None,
+                               "best_ms": t.best if t.times_ms else None, "note": t.note,
+                               "ratio_to_opencv": t.median / ref if t.times_ms else None} for t in timings]
+
+    if "e2e" not in skip and not args.data:
+        folder = Path(args.images) if args.images else shared / "data" / "raccoon" / "JPEGImages"
+        if not folder.is_dir():
+            raise DataError("image folder for the end-to-end run not found (pass --images)", path=folder)
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+        if not images:
+            raise DataError("no images in the folder", path=folder)
+        if not Path(names).is_file():
+            raise DataError("names file not found (pass --names)", path=names)
+        runs = []
+        with bm.temp_dir() as tmp:
+            _say(f"end-to-end: OpenCV DNN loop over {len(images)} images")
+            runs.append(bm.end_to_end_opencv(cfg, weights, images, Path(tmp) / "opencv.json", args.size))
+            _say("end-to-end: detkit detect (fast path, default)")
+            runs.append(bm.end_to_end_detkit(cfg, weights, names, images, Path(tmp) / "fast", args.size,
+                                             args.e2e_batch, label="detkit detect (fast path, default)"))
+            _say("end-to-end: detkit detect --no-fast")
+            runs.append(bm.end_to_end_detkit(cfg, weights, names, images, Path(tmp) / "plain", args.size,
+                                             args.e2e_batch, extra=("--no-fast",),
+                                             label="detkit detect --no-fast (plain fp32)"))
+        ref = runs[0].images_per_s
+        print(f"## End to end: {len(images)} images from `{folder}` -> JSON (model loading included)\n")
+        print("| pipeline | seconds | images/s | x OpenCV DNN images/s | detections | note |")
+        print("|---|---:|---:|---:|---:|---|")
+        for r in runs:
+            print(f"| {r.name} | {r.seconds:.2f} | {r.images_per_s:.1f} | {r.images_per_s / ref:.2f}x | "
+                  f"{r.detections} | {r.note} |")
+        print(f"\nTarget: detkit detect >= 2x OpenCV DNN's images/s. detkit letterboxes (aspect kept) "
+              f"with --batch {args.e2e_batch}; the OpenCV loop stretches (blobFromImage) one image at a time.\n")
+        results["end_to_end"] = [{"name": r.name, "seconds": r.seconds, "images_per_s": r.images_per_s,
+                                  "detections": r.detections, "note": r.note,
+                                  "ratio_to_opencv": r.images_per_s / ref} for r in runs]
+
+    if args.data:
+        _say(f"accuracy: VOC mAP@0.5 on the validation split of {args.data}")
+        acc = bm.accuracy(cfg, weights, args.data, size=args.size)
+        ref = acc[0].map50
+        print(f"## Accuracy: VOC mAP@0.5 (all-point) on the validation split of `{args.data}`\n")
+        print("| path | mAP@0.5 | difference to plain fp32 | images | detections (score > 0.005) |")
+        print("|---|---:|---:|---:|---:|")
+        for a in acc:
+            print(f"| {a.name} | {a.map50:.4f} | {a.map50 - ref:+.4f} | {a.images} | {a.detections} |")
+        print("\nTarget: the fast path within 0.005 of plain fp32.\n")
+        results["accuracy"] = [{"name": a.name, "map50": a.map50, "diff": a.map50 - ref} for a in acc]
+
+    if args.json:
+        from detkit.data.datafiles import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=1) + "\n")
+    return 0
