@@ -27,7 +27,6 @@ import os
 import pickle
 import random
 import secrets
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +97,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        # full disk, quota, I/O error (torch.save's zip writer re-raises them as RuntimeError): say
+        # what happened and what is left
+        os_err = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(os_err, OSError):
+            raise
+        kept = f"; the previous {path.name} is intact" if path.is_file() else "; no previous checkpoint"
+        raise TrainError(f"could not write checkpoint ({os_err.strerror or os_err}){kept}", path=path) from exc
     _fsync_dir(path.parent)
     return path
 
@@ -146,7 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise TrainError(f"corrupt or truncated checkpoint ({first[:200]})" + _fallback_hint(path),
                          path=path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - junk bytes make torch's unpickler raise IndexError, TypeError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainError(f"corrupt or truncated checkpoint ({first[:200]})" + _fallback_hint(path),
                          path=path) from None
