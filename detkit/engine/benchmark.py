@@ -286,8 +286,9 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
     out = []
     for name, kw in paths:
         pred = Predictor(copy.deepcopy(model), img_size=size, conf=0.005, nms=0.45, device="cpu", **kw)
-        if kw.get("fast"):
-            name = f"{name}: {pred.description}"
+        info = getattr(pred.model, "fast_info", None)
+        if info is not None:
+            name = f"{name} ({info.describe()})"
         idx, boxes, scores, labels = [], [], [], []
         for k, res in enumerate(pred.predict_paths(list(gt.image_files), batch_size=batch)):
             if res.error is not None:

@@ -1,0 +1,21 @@
+"""Inference benchmark: detkit (plain fp32 and the fast path) vs OpenCV DNN 4.x, in one run.
+
+Same as ``detkit benchmark`` (all options are passed through); see docs/benchmarks_inference.md.
+
+    .venv/bin/python tools/bench_inference.py                     # full run: run it on a quiet machine
+    .venv/bin/python tools/bench_inference.py --quick             # smoke run, not a measurement
+    .venv/bin/python tools/bench_inference.py --pytorchyolo-path /tmp/pyy   # include pytorchyolo
+    .venv/bin/python tools/bench_inference.py --cfg CFG --weights FINE_TUNED --data OBJ.DATA
+                                                                  # VOC mAP@0.5: fp32 vs fast path
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(["benchmark", *sys.argv[1:]]))
