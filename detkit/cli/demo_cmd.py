@@ -167,7 +167,8 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
     t = time.perf_counter()
     conv = convert_voc(out / "voc", out / "yolo", ConvertOptions(names=syn.class_names, seed=s.seed))
     timings["convert"] = time.perf_counter() - t
-    renamed = sum(1 for _ in (out / "yolo" / "rename_map.csv").open(encoding="utf-8")) - 1
+    with (conv.out / "rename_map.csv").open(encoding="utf-8") as f:
+        renamed = sum(1 for _ in f) - 1  # minus the header row
     echo(f"[2/5] convert-voc: {conv.images} images ({conv.splits.get('train', 0)} train, "
          f"{conv.splits.get('val', 0)} val), {renamed} paths renamed to ASCII (rename_map.csv), "
          f"{len(conv.warnings)} warnings, into {conv.out} ({timings['convert']:.1f} s)")
@@ -202,8 +203,9 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
          f"input {s.img_size}, lr {s.lr} cosine, {'bf16 autocast' if s.amp else 'fp32'}, device {s.device}")
     result = train(train_settings)
     timings["train"] = time.perf_counter() - t
-    if result.interrupted:
-        raise DataError(f"training was interrupted; continue with: detkit train --resume {result.run_dir}")
+    if result.interrupted:  # Ctrl-C: the engine saved last.pt; the CLI exits with 130
+        echo(f"training interrupted; continue it with: detkit train --resume {result.run_dir}")
+        raise KeyboardInterrupt
     last = result.history[-1] if result.history else {}
     echo(f"      {result.epochs_completed} epochs, {result.steps} steps in {timings['train']:.0f} s "
          f"({last.get('img_per_s', float('nan')):.1f} img/s in the last epoch); run folder {result.run_dir}")
@@ -237,7 +239,7 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
     _write_json(out / "demo_summary.json", {"map50": None if math.isnan(m) else m,
                                             "timings_s": {k: round(v, 2) for k, v in timings.items()},
                                             "paths": paths, "plot_files": [str(f) for f in plot_files]})
-    echo(f"timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    echo("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     echo(f"training curves: {paths['training_plot']}; PR curves and confusion matrix: {eval_dir}/; "
          f"metrics: {paths['metrics']}; weights: {paths['weights']}")
     return DemoResult(out=out, map50=m, table=table, timings=timings, paths=paths)
