@@ -37,8 +37,13 @@ _COMMON = dict(deadline=DEADLINE_MS, database=None, derandomize=False, print_blo
 
 
 def fast(n: int | None = None):
-    """Settings of the default tier (``n`` examples, default :data:`FAST_EXAMPLES`)."""
-    return settings(max_examples=n or FAST_EXAMPLES, **_COMMON)
+    """Settings plus a 300 s pytest timeout for the default tier (``n`` examples, default
+    :data:`FAST_EXAMPLES`)."""
+    s = settings(max_examples=n or FAST_EXAMPLES, **_COMMON)
+
+    def wrap(fn):
+        return pytest.mark.timeout(300)(s(fn))
+    return wrap
 
 
 def long(n: int | None = None):
