@@ -175,8 +175,13 @@ class Predictor:
 
             self.model = optimize_for_inference(model, self.device, dtype=precision, compile=compile)
         else:
+            if compile:
+                raise ValueError("compile needs the fast path (fast=True)")
             self.model = model.to(self.device).eval()
         self.last_stats: PipelineStats | None = None
+        # a compiled model is specialised to its first batch size: smaller batches (the last one
+        # of a run) are padded to it instead of triggering a second compilation
+        self._compiled_batch: int | None = 0 if fast and compile else None
 
     @property
     def description(self) -> str:
@@ -202,7 +207,14 @@ class Predictor:
         x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8 or float [0, 1]
         x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last in memory (no copy)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # [0, 1], layout kept
-        pred = self.model(x)  # (N, R, 5 + C), network-input pixels
+        n = x.shape[0]
+        if self._compiled_batch is not None:
+            if self._compiled_batch == 0:
+                self._compiled_batch = n
+            elif n < self._compiled_batch:
+                pad = x[-1:].expand(self._compiled_batch - n, *x.shape[1:])
+                x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
+        pred = self.model(x)[:n]  # (N, R, 5 + C), network-input pixels
         dets = postprocess(pred, self.conf, self.nms, self.max_det)
         return [t.to_original(d) for t, d in zip(transforms, dets)]
 
