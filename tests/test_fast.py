@@ -355,3 +355,60 @@ def test_predict_frames_keeps_order_and_propagates_errors():
     gen = pred.predict_frames(iter(frames * 10), batch_size=2, prefetch=2)
     next(gen)
     gen.close()
+
+
+def test_benchmark_command_smoke(tmp_path, capsys):
+    """``detkit benchmark --quick`` on a tiny random model: every table row is produced (no timing
+    is checked: the benchmark is a measurement, not a test)."""
+    from PIL import Image
+
+    from detkit.cli import main
+
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(CFG)
+    torch.manual_seed(0)
+    m = detkit.build_model(cfg)
+    _randomise_bn(m)
+    detkit.save_darknet_weights(m, tmp_path / "net.weights")
+    (tmp_path / "two.names").write_text("a\nb\n")
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (50 + 10 * i, 70, 3), np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    code = main(["benchmark", "--quick", "--cfg", str(cfg), "--weights", str(tmp_path / "net.weights"),
+                 "--names", str(tmp_path / "two.names"), "--images", str(tmp_path / "imgs"), "--size", "64",
+                 "--threads", "1", "--json", str(tmp_path / "bench.json"), "--pytorchyolo-path", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| OpenCV DNN (darknet importer) |" in out and "| detkit fast fp32 (BN folded, channels_last) |" in out
+    assert "OpenCV DNN loop" in out and "detkit detect (fast path, default)" in out
+    import json
+
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert len(res["end_to_end"]) == 3 and all(r["images_per_s"] > 0 for r in res["end_to_end"])
+    timed = [r for r in res["latency"] if r["median_ms"] is not None]
+    assert len(timed) >= 5 and all(r["median_ms"] > 0 for r in timed)
+
+
+@pytest.mark.slow
+def test_compiled_predictor_pads_the_last_batch(model, tmp_path):
+    """torch.compile path (slow: compiles once): 5 images in batches of 2 -> sizes 2, 2, 1; the
+    last batch is padded to 2 (no second compilation) and results equal the uncompiled fast path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + 6 * i, 64, 3), np.uint8)).save(p)
+        paths.append(p)
+    plain = Predictor(model, img_size=64, conf=0.3, fast=True, precision="fp32")
+    compiled = Predictor(model, img_size=64, conf=0.3, fast=True, precision="fp32", compile=True)
+    a = list(plain.predict_paths(paths, batch_size=2))
+    b = list(compiled.predict_paths(paths, batch_size=2))
+    assert compiled._compiled_batch == 2
+    assert sum(len(r.detections) for r in a) > 5
+    for ra, rb in zip(a, b):
+        assert ra.detections.class_ids.tolist() == rb.detections.class_ids.tolist()
+        np.testing.assert_allclose(ra.detections.boxes, rb.detections.boxes, atol=1e-2)
+        np.testing.assert_allclose(ra.detections.scores, rb.detections.scores, atol=1e-4)
