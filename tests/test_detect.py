@@ -220,6 +220,9 @@ def test_cli_detect_all_unreadable_fails(tiny, tmp_path, capsys):
     (["--img-size", "400"], "multiples of 32"),
     (["--conf", "1.5"], "--conf"),
     (["--source", "/nonexistent/dir"], "source not found"),
+    (["--compile", "--no-fast"], "--compile applies to the fast path"),
+    (["--precision", "fp16"] if not torch.cuda.is_available() else ["--batch", "0"],
+     "fp16 is for CUDA" if not torch.cuda.is_available() else "--batch"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--nms", "0"], "cuda" if not torch.cuda.is_available() else "--nms"),
 ])
 def test_cli_detect_user_errors_are_one_line(tiny, tmp_path, capsys, extra, message):

@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--nms must be in (0, 1], got {args.nms}")
     if args.batch < 1:
         raise DataError(f"--batch must be >= 1, got {args.batch}")
+    if args.compile and args.no_fast:
+        raise DataError("--compile applies to the fast path; drop --no-fast")
     try:
         img_size = parse_img_size(args.img_size) if args.img_size is not None else None
         device = resolve_device(args.device)
