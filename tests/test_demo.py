@@ -7,18 +7,21 @@ import json
 import re
 
 import pytest
+import torch
 
 from detkit.cli import main
-from detkit.cli.demo_cmd import DemoSettings, run_demo
+from detkit.cli.demo_cmd import DemoSettings, demo_threads, run_demo
 from detkit.data.datafiles import load_data_config, read_names
 from detkit.errors import DataError
 
 
 def test_demo_cli_tiny_run_writes_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
+    threads_before = torch.get_num_threads()
     rc = main(["demo", "--out", str(out), "--images", "12", "--epochs", "1", "--img-size", "64",
-               "--batch", "4", "--workers", "0", "--seed", "3"])
+               "--batch", "4", "--workers", "0", "--threads", "1", "--seed", "3"])
     assert rc == 0
+    assert torch.get_num_threads() == threads_before  # the demo's thread setting does not leak
     printed = capsys.readouterr().out
     # 1. generated VOC dataset with a Chinese root folder and some Chinese file names
     voc = out / "voc" / "数据集"
@@ -54,11 +57,21 @@ def test_demo_cli_tiny_run_writes_every_stage(tmp_path, capsys):
     assert set(summary["timings_s"]) == {"generate", "convert", "anchors", "train", "evaluate", "total"}
     assert re.search(r"(?m)^circle\s+\d+", printed) and re.search(r"(?m)^square\s+\d+", printed)
     assert "mAP = " in printed and str(out / "eval") in printed
+    assert "(1 CPU threads, 0 data workers)" in printed
+
+
+def test_demo_threads_leave_cores_to_data_workers():
+    assert demo_threads(3, 1, env={"OMP_NUM_THREADS": "2"}) == 3  # explicit --threads wins
+    assert demo_threads(0, 1, env={"OMP_NUM_THREADS": "2"}) is None  # the user's OMP setting is kept
+    assert demo_threads(0, 10**6, env={}) == 1  # never below one thread
+    all_cores = demo_threads(0, 0, env={})
+    assert all_cores >= 1 and demo_threads(0, 1, env={}) == max(1, all_cores - 1)
 
 
 @pytest.mark.parametrize("kw, match", [({"images": 4}, "--images"), ({"epochs": 0}, "--epochs"),
                                        ({"img_size": 100}, "multiple of 32"),
-                                       ({"val_fraction": 1.0}, "--val-fraction")])
+                                       ({"val_fraction": 1.0}, "--val-fraction"),
+                                       ({"threads": -1}, "--threads")])
 def test_demo_settings_reject_bad_values(kw, match):
     with pytest.raises(DataError, match=match):
         DemoSettings(**kw)
