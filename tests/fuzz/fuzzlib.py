@@ -105,6 +105,23 @@ def outcome(parser: str, fn: Callable, *args, **kwargs):
     return result, None
 
 
+@contextmanager
+def time_limit(seconds: float, what: str = ""):
+    """Raise TimeoutError in the main thread after ``seconds`` (SIGALRM): a hang becomes a failing,
+    shrinkable example instead of a pytest-timeout of the whole test."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"example took more than {seconds} s: {what}")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 # --------------------------------------------------------------------------- memory
 
 def rss_bytes() -> int:

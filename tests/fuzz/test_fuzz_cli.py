@@ -3,8 +3,8 @@
 Every run must end with exit code 0, argparse's usage error (exit 2, ``usage:`` on stderr), or a
 non-zero code with a ``detkit: error:`` line — never a traceback. Values come from a pool of junk
 files, missing paths, folders, odd numbers and strings, all inside a scratch folder (the working
-directory of the run), so nothing is written elsewhere. ``demo`` is left out: with valid
-arguments it trains a model for minutes.
+directory of the run), so nothing is written elsewhere. ``demo`` and ``benchmark`` are left
+out: with their defaults they train a model / time inference on the shared data for minutes.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 import fuzzlib
 from detkit.cli import build_parser, main
 
-SKIP = {"demo"}
+SKIP = {"demo", "benchmark"}  # long-running by design with their defaults (train a model / time inference)
+#: seconds one command may take before the example counts as a hang
+CLI_LIMIT = float(os.environ.get("DETKIT_FUZZ_CLI_LIMIT", "60"))
 
 
 def _subcommands() -> dict[str, list[tuple[str, bool]]]:
@@ -90,7 +92,8 @@ def check_cli(tmp: Path, args: list[str]) -> None:
     handlers = list(root.handlers)
     os.chdir(tmp)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(outbuf):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(outbuf), \
+                fuzzlib.time_limit(CLI_LIMIT, repr(args)):
             try:
                 rc = main(["-q"] + args)
             except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
