@@ -27,26 +27,30 @@ SKIP = {"demo", "benchmark"}  # long-running by design with their defaults (trai
 CLI_LIMIT = float(os.environ.get("DETKIT_FUZZ_CLI_LIMIT", "60"))
 
 
-def _subcommands() -> dict[str, list[tuple[str, bool]]]:
-    """subcommand -> [(option string, takes a value)] introspected from the real parser."""
+def _subcommands() -> tuple[dict[str, list[tuple[str, bool]]], dict[str, list[tuple[str, bool]]]]:
+    """subcommand -> [(option string, takes a value)] introspected from the real parser, and
+    subcommand -> the required ones (positionals as ``""``)."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    out = {}
+    out, required = {}, {}
     for name, p in sub.choices.items():
-        opts = []
+        opts, req = [], []
         for a in p._actions:
             if isinstance(a, argparse._HelpAction):
                 continue
             takes = a.nargs != 0
             if a.option_strings:
                 opts += [(s, takes) for s in a.option_strings]
+                if a.required:
+                    req.append((a.option_strings[-1], takes))
             else:
                 opts.append(("", True))  # positional
-        out[name] = opts
-    return out
+                req.append(("", True))
+        out[name], required[name] = opts, req
+    return out, required
 
 
-COMMANDS = _subcommands()
+COMMANDS, REQUIRED = _subcommands()
 VALUES = ["junk.cfg", "junk.weights", "empty.txt", "folder", "missing.file", "names.txt", "bin.dat", "out_new",
           "yolov3-tiny", "yolov3-tiny.cfg", "good.cfg", "obj.data", "data.yaml", "voc", "pred.json", "gt.json",
           "-1", "0", "1", "3", "416", "32x32", "1e309", "nan", "-inf", "abc", "", " ", "\u732b", "a" * 300,
@@ -75,7 +79,10 @@ def argv(draw) -> list[str]:
     cmd = draw(st.sampled_from(sorted(set(COMMANDS) - SKIP)))
     opts = COMMANDS[cmd]
     out = [cmd]
-    for opt, takes in draw(st.lists(st.sampled_from(opts), max_size=6)):
+    chosen = draw(st.lists(st.sampled_from(opts), max_size=6))
+    if draw(st.integers(0, 4)):  # mostly past argparse: every required option present
+        chosen = REQUIRED[cmd] + chosen
+    for opt, takes in chosen:
         if opt:
             out.append(opt)
         if takes:
@@ -83,6 +90,10 @@ def argv(draw) -> list[str]:
     if draw(st.integers(0, 4)) == 0:
         out.insert(draw(st.integers(0, len(out))), draw(st.sampled_from(VALUES + ["--debug", "-q", "--bogus"])))
     return [a for a in out if "\x00" not in a and a != "--debug"]  # --debug re-raises by design
+
+
+def _command(args: list[str]) -> str:
+    return next((a for a in args if a in COMMANDS), "(none)")
 
 
 def check_cli(tmp: Path, args: list[str]) -> None:
@@ -100,7 +111,7 @@ def check_cli(tmp: Path, args: list[str]) -> None:
                 rc = exc.code if isinstance(exc.code, int) else 2
                 text = err.getvalue()
                 assert rc == 0 or "usage:" in text or "error:" in text, (args, text)
-                fuzzlib.record(f"cli.{args[0] if args else ''}", "usage_error" if rc else "help")
+                fuzzlib.record(f"cli.{_command(args)}", "usage_error" if rc else "help")
                 return
     finally:
         os.chdir(cwd)
@@ -112,9 +123,9 @@ def check_cli(tmp: Path, args: list[str]) -> None:
     if rc != 0:
         lines = [ln for ln in text.splitlines() if ln.startswith("detkit: error:") or ln.startswith("detkit: ")]
         assert lines, (args, rc, text)
-        fuzzlib.record(f"cli.{args[0]}", "error")
+        fuzzlib.record(f"cli.{_command(args)}", "error")
     else:
-        fuzzlib.record(f"cli.{args[0]}", "ok")
+        fuzzlib.record(f"cli.{_command(args)}", "ok")
 
 
 @pytest.fixture

@@ -105,6 +105,13 @@ SCALAR = st.one_of(PATHV, st.sampled_from(["2", "-1", "0", "1e9", "abc", "nan", 
 
 @st.composite
 def obj_data(draw) -> bytes:
+    if draw(st.booleans()):  # a valid file with one or two lines changed
+        lines = ["classes = 2\n", "train = train.txt\n", "valid = train.txt\n", "names = obj.names\n",
+                 "backup = backup/\n"]
+        for _ in range(draw(st.integers(0, 2))):
+            i = draw(st.integers(0, len(lines) - 1))
+            lines[i] = f"{lines[i].split('=')[0].strip()} = {draw(SCALAR)}{draw(EOL)}"
+        return "".join(lines).encode("utf-8", "replace")
     lines = []
     for _ in range(draw(st.integers(0, 7))):
         sep = draw(st.sampled_from([" = ", "=", " ", ":", "=="]))
@@ -123,6 +130,9 @@ YAML_VALUE = st.recursive(
 def data_yaml(draw) -> bytes:
     import yaml
     doc = draw(st.dictionaries(KEYS, YAML_VALUE, max_size=6))
+    if draw(st.booleans()):  # a valid file with some keys changed
+        doc = {"train": "train.txt", "val": "images", "names": ["a", "b"], "nc": 2,
+               **draw(st.dictionaries(KEYS, YAML_VALUE, max_size=2))}
     if draw(st.booleans()):
         return yaml.safe_dump(doc, allow_unicode=True).encode("utf-8")
     text = yaml.safe_dump(doc, allow_unicode=True)
