@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(func=cmd_prepare)
     sf = sub.add_parser("finetune")
     sf.add_argument("dataset", choices=sorted(DATASETS))
-    sf.add_argument("--epochs", type=int, default=30)
+    sf.add_argument("--epochs", type=int, default=12)
     sf.add_argument("--lr", type=float, default=0.002)
     sf.add_argument("--burn-in", type=int, default=None, help="default: cfg burn-in capped to 10%% of the run")
     sf.add_argument("--policy", default="cosine", choices=["steps", "cosine", "constant"])
