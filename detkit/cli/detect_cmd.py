@@ -123,8 +123,8 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit import build_model, load_darknet_weights
     from detkit.data.datafiles import read_names
+    from detkit.engine.loading import load_model
     from detkit.engine.predict import Predictor, parse_img_size, resolve_device
 
     if not 0.0 <= args.conf < 1.0:
@@ -154,15 +154,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--out is a folder holding input {'videos' if video else 'images'}; annotated "
                         "output would overwrite them (choose another --out, or --no-images)", path=out_dir)
 
-    model = build_model(args.cfg, num_classes=len(names))
-    report = load_darknet_weights(model, weights)
-    if report.reinitialised:  # detecting with re-initialised heads would give random boxes
-        raise WeightsError(
-            f"holds {report.file_num_classes} classes but the names file {args.names} has {len(names)} "
-            "names; use the names file the weights were trained with", path=weights)
-    if report.partial:
-        raise WeightsError(f"is a partial file (it ends before the last layer of {args.cfg}); "
-                           "detection needs complete weights", path=weights)
+    model, _ = load_model(args.cfg, weights, len(names), checkpoints=False, purpose="detection",
+                          names_file=args.names, classes_hint="use the names file the weights were trained with")
     try:
         predictor = Predictor(model, img_size=img_size, conf=args.conf, nms=args.nms, letterbox=not args.resize,
                               device=device, fast=not args.no_fast, precision=args.precision,

@@ -46,51 +46,6 @@ def _num_classes(args: argparse.Namespace) -> int | None:
     return None
 
 
-def load_model_for_export(cfg: str, weights: str | os.PathLike, num_classes: int | None):
-    """Build the model and load ``weights`` (darknet file or detkit checkpoint; EMA weights preferred).
-
-    Raises:
-        WeightsError: missing, partial or class-count-mismatched weights, or a checkpoint that does
-            not fit the cfg.
-    """
-    from detkit import build_model, load_darknet_weights
-    from detkit.engine.checkpoint import is_checkpoint_file, load_checkpoint
-
-    w = Path(weights)
-    if not w.is_file():
-        raise WeightsError("weights file not found", path=w)
-    if is_checkpoint_file(w):
-        payload = load_checkpoint(w)
-        names = payload.get("class_names") or []
-        if num_classes is None and names:
-            num_classes = len(names)
-        model = build_model(cfg, num_classes=num_classes)
-        ema = payload.get("ema")
-        state = ema["module"] if isinstance(ema, dict) and ema.get("module") else payload.get("model")
-        if not isinstance(state, dict):
-            raise WeightsError("checkpoint holds no model state", path=w)
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatch: another cfg or class count
-            detail = str(exc).strip().splitlines()[1].strip() if len(str(exc).strip().splitlines()) > 1 else exc
-            raise WeightsError(f"checkpoint does not fit {cfg} with {model.num_classes} classes "
-                               f"(trained with {len(names) or '?'}): {detail}", path=w) from None
-        if missing or unexpected:
-            raise WeightsError(f"checkpoint does not fit {cfg} (missing {list(missing)[:3]}, "
-                               f"unexpected {list(unexpected)[:3]})", path=w)
-        log.info("loaded %s weights from checkpoint %s", "EMA" if state is not payload.get("model") else "model", w)
-        return model
-    model = build_model(cfg, num_classes=num_classes)
-    report = load_darknet_weights(model, w)
-    if report.reinitialised:
-        raise WeightsError(f"holds {report.file_num_classes} classes but the model has {model.num_classes}; "
-                           "pass the --classes/--names the weights were trained with", path=w)
-    if report.partial:
-        raise WeightsError(f"is a partial file (it ends before the last layer of {cfg}); export needs "
-                           "complete weights", path=w)
-    return model
-
-
 def _verify(result, model) -> str:
     """Run the exported file on a random input and compare with the PyTorch model."""
     import numpy as np
@@ -129,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from detkit.engine.export import DEFAULT_OPSET, export_model
+    from detkit.engine.loading import load_model
     from detkit.engine.predict import parse_img_size
 
     if torch.get_num_threads() > (os.cpu_count() or 1):
@@ -145,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise DataError("output folder does not exist", path=out.parent)
-    model = load_model_for_export(args.cfg, args.weights, _num_classes(args)).eval()
+    model, _ = load_model(args.cfg, args.weights, _num_classes(args), purpose="export",
+                          classes_hint="pass the --classes/--names the weights were trained with")
+    model.eval()
     try:
         result = export_model(model, out, args.format, img_size=img_size, dynamic_batch=args.dynamic_batch,
                               opset=opset)

@@ -125,12 +125,11 @@ def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int
     channels_last); fast fp32 (BN folded + channels_last); fast auto precision (bf16 on CPUs with
     native bf16); with ``compile`` the fast paths under torch.compile; pytorchyolo when importable.
     """
-    import detkit
     from detkit.engine.fast import cpu_has_native_bf16, optimize_for_inference
+    from detkit.engine.loading import load_model
 
     say = progress or (lambda _m: None)
-    model = detkit.build_model(cfg)
-    detkit.load_darknet_weights(model, weights)
+    model, _ = load_model(cfg, weights, checkpoints=False, purpose="the benchmark")  # OpenCV reads darknet files only
     model.eval()
     rng = np.random.default_rng(0)
     blob = rng.random((batch, 3, size, size), dtype=np.float32)
@@ -277,12 +276,13 @@ def end_to_end_detkit(cfg: str, weights: str, names: str, images: list[Path], ou
 def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: int = 8) -> list[Accuracy]:
     """VOC mAP@0.5 (all-point, continuous pixels) on the validation split of ``data`` (obj.data /
     data.yaml), detections kept down to 0.005: plain float32 model, fast fp32, fast auto precision."""
-    from detkit.engine.evaluate import load_model, load_yolo_gt, prepare_tables
+    from detkit.engine.evaluate import load_yolo_gt, prepare_tables
+    from detkit.engine.loading import load_model
     from detkit.engine.predict import Predictor
     from detkit.metrics import DetTable, evaluate
 
     gt = load_yolo_gt(data)
-    model = load_model(cfg, weights, len(gt.class_names))
+    model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
     paths = [
         ("plain fp32 (no folding)", dict(fast=False)),
         ("fast fp32", dict(fast=True, precision="fp32")),

@@ -711,44 +711,6 @@ def evaluate_files(gt_path: str | os.PathLike, pred_path: str | os.PathLike, met
 
 # --------------------------------------------------------------------------- model-driven evaluation
 
-def load_model(cfg: str | os.PathLike, weights: str | os.PathLike, num_classes: int):
-    """Build ``cfg`` for ``num_classes`` and load darknet ``.weights`` or a detkit checkpoint (EMA
-    weights preferred).
-
-    Raises:
-        WeightsError: missing file, class count that does not fit, partial darknet file, or a
-            checkpoint that does not fit the cfg.
-    """
-    from detkit import build_model, load_darknet_weights
-    from detkit.engine.checkpoint import is_checkpoint_file, load_checkpoint
-    from detkit.errors import WeightsError
-
-    w = Path(weights)
-    if not w.is_file():
-        raise WeightsError("weights file not found", path=w)
-    model = build_model(cfg, num_classes=num_classes)
-    if is_checkpoint_file(w):
-        payload = load_checkpoint(w)
-        ema = payload.get("ema")
-        state = ema["module"] if isinstance(ema, dict) and ema.get("module") else payload.get("model")
-        if not isinstance(state, dict):
-            raise WeightsError("checkpoint holds no model state", path=w)
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError:
-            raise WeightsError(f"checkpoint does not fit {cfg} with {num_classes} classes", path=w) from None
-        if missing or unexpected:
-            raise WeightsError(f"checkpoint does not fit {cfg} (missing {list(missing)[:3]}, "
-                               f"unexpected {list(unexpected)[:3]})", path=w)
-        return model
-    report = load_darknet_weights(model, w)
-    if getattr(report, "reinitialised", None):
-        raise WeightsError(f"holds {report.file_num_classes} classes but the dataset has {num_classes}", path=w)
-    if getattr(report, "partial", False):
-        raise WeightsError(f"is a partial file (it ends before the last layer of {cfg})", path=w)
-    return model
-
-
 def predictions_to_coco_json(dt: DetTable, image_ids: Sequence, class_names: Sequence[str]) -> list[dict]:
     """Detections (continuous xyxy pixels) -> COCO results list (``image_id`` = image stem,
     ``category_id`` = class index, ``bbox`` xywh), readable back by :func:`load_predictions`."""
@@ -768,10 +730,11 @@ def evaluate_model(cfg: str | os.PathLike, weights: str | os.PathLike, data: str
     Detections come from :class:`detkit.engine.predict.Predictor` (letterbox, per-class NMS,
     boxes in original pixels), kept down to ``pred_conf`` so AP sees the whole PR curve.
     """
+    from detkit.engine.loading import load_model
     from detkit.engine.predict import Predictor
 
     gt = load_yolo_gt(data, names)
-    model = load_model(cfg, weights, len(gt.class_names))
+    model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
     try:
         predictor = Predictor(model, img_size=img_size, conf=pred_conf, nms=nms, letterbox=True, device=device)
     except ValueError as exc:

@@ -38,6 +38,7 @@ from detkit.engine import checkpoint as ckpt
 from detkit.engine.distributed import (DistInfo, all_finite, barrier, broadcast_object, cleanup_distributed,
                                        dist_info_from_env, init_distributed, resolve_device)
 from detkit.engine.ema import ModelEMA
+from detkit.engine.loading import load_model
 from detkit.engine.schedule import POLICIES, LRScheduler, ScheduleConfig
 from detkit.yolo.loss import BOX_LOSSES, LossConfig, YoloLoss
 
@@ -296,29 +297,6 @@ def init_head_priors(model: nn.Module, layer_indices: set[int] | None = None, pr
         bias[:, 5:] = math.log(0.6 / max(nxt.num_classes - 0.99, 1.0))
 
 
-def load_start_weights(model: nn.Module, path: str, cutoff: int | None) -> set[int] | None:
-    """Load ``--weights`` (darknet .weights or a detkit checkpoint). Returns head conv indices that
-    were re-initialised (None: all trainable from the file)."""
-    from detkit.darknet.weights import load_darknet_weights
-
-    if ckpt.is_checkpoint_file(path):
-        payload = ckpt.load_checkpoint(path)
-        state = (payload.get("ema") or {}).get("module") or payload["model"]
-        own = model.state_dict()
-        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(k for k in own if k not in take)
-        model.load_state_dict(take, strict=False)
-        heads = {int(k.split(".")[1]) for k in skipped if k.startswith("layers.")}
-        if skipped:
-            log.warning("%s: %d tensors did not fit (class count change?) and keep their initialisation: layers %s",
-                        path, len(skipped), sorted(heads))
-        log.info("%s: loaded %d tensors from checkpoint", path, len(take))
-        return heads
-    report = load_darknet_weights(model, path, cutoff=cutoff)
-    loaded = set(report.loaded)
-    return {i for i, _ in model.conv_layers if i not in loaded}
-
-
 def _memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}G"
@@ -452,15 +430,14 @@ class Trainer:
         from detkit.data.transforms import build_eval_transforms, build_train_transforms
 
         seed_everything(s.seed)
-        model = detkit.build_model(s.cfg, num_classes=s.num_classes)
-        self.cfg_text = model.cfg_text
-        fresh_heads: set[int] | None = None
-        if resume_payload is None:
-            if s.weights:
-                fresh_heads = load_start_weights(model, s.weights, s.cutoff)
-                init_head_priors(model, fresh_heads)
-            else:
+        if resume_payload is None and s.weights:  # darknet .weights or a checkpoint; what does not fit stays fresh
+            model, start = load_model(s.cfg, s.weights, s.num_classes, strict=False, cutoff=s.cutoff)
+            init_head_priors(model, set(start.fresh_layers))
+        else:
+            model = detkit.build_model(s.cfg, num_classes=s.num_classes)
+            if resume_payload is None:
                 init_head_priors(model)
+        self.cfg_text = model.cfg_text
         if s.freeze:
             n = freeze_layers(model, s.freeze)
             log.info("froze the first %d layers (%d tensors)", s.freeze, n)
