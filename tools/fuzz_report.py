@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Peak RSS is read from /proc/self/status VmHWM: ru_maxrss survives fork + exec on Linux and would
+# report the (large) parent's memory.
+HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
 EVAL_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from detkit.engine.evaluate import evaluate_files
 t0 = time.perf_counter()
 run = evaluate_files(sys.argv[1], sys.argv[2], sys.argv[3])
-print(json.dumps({"seconds": time.perf_counter() - t0, "map": run.report.map,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+print(json.dumps({"seconds": time.perf_counter() - t0, "map": run.report.map, "peak_rss_mb": %s}))
+""" % HWM
 
 
 def run_pytest(marker: str, env_extra: dict[str, str], stats: Path, extra_args: list[str]) -> dict:
@@ -82,8 +83,7 @@ def eval_at_scale(n_images: int, work: Path) -> dict:
     pred.write_text(json.dumps(res))
     out = {"images": n_images, "gt_boxes": len(anns), "detections": len(res),
            "gt_json_mb": round(gt.stat().st_size / 2**20, 1), "results_json_mb": round(pred.stat().st_size / 2**20, 1)}
-    base = subprocess.run([sys.executable, "-c", "import resource, detkit.engine.evaluate; "
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+    base = subprocess.run([sys.executable, "-c", f"import detkit.engine.evaluate; print({HWM})"],
                           cwd=REPO, capture_output=True, text=True, check=True)
     out["import_only_peak_rss_mb"] = round(float(base.stdout.strip()), 1)
     for metric in ("voc", "coco"):

@@ -73,8 +73,8 @@ def _read_lines(path: Path, what: str) -> list[str]:
     """UTF-8 (BOM tolerated) text file -> lines without line endings."""
     try:
         data = path.read_bytes()
-    except OSError as exc:
-        raise AnnotationError(f"cannot read {what}: {exc.strerror or exc}", path=path) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise AnnotationError(f"cannot read {what}: {getattr(exc, 'strerror', None) or exc}", path=path) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

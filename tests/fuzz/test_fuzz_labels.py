@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import fuzzlib
 from detkit.data.datafiles import load_data_config, read_list_file, read_names, read_yolo_labels
+from detkit.errors import AnnotationError
 
 NUM = st.one_of(st.sampled_from(["0", "1", "0.5", "1.0005", "1.01", "-0.0005", "-1", "2", "nan", "inf", "-inf",
                                  "1e309", "1e-400", "0x1", "1_0", "+0.5", ".5", "5.", "abc", "", "\u0661",
@@ -185,3 +186,13 @@ def test_obj_data_long(tmp_path, data):
 @given(st.one_of(data_yaml(), st.binary(max_size=2000)))
 def test_data_yaml_long(tmp_path, data):
     check_data(data, tmp_path, "data.yaml")
+
+
+def test_nul_byte_in_a_path_is_an_annotation_error(tmp_path):
+    """Regression (found by the long tier): ``names = obj.names\\0`` raised ValueError."""
+    _tree(tmp_path)
+    p = tmp_path / "obj.data"
+    p.write_bytes(b"classes = 2\ntrain = train.txt\nnames = obj.names\x00\n")
+    with pytest.raises(AnnotationError, match="embedded null byte") as exc:
+        load_data_config(p)
+    fuzzlib.check_one_line(exc.value)
