@@ -5,7 +5,6 @@ Every test hashes SRC before and after (the ``untouched`` helper) because SRC mu
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ import detkit.data.convert as convert_mod
 from detkit.data.convert import ConvertOptions, convert_voc, imbalance_warning
 from detkit.data.datafiles import label_path_for, load_data_config, read_names, read_yolo_labels
 from detkit.errors import DataError
+from helpers import tree_digest
 
 # --------------------------------------------------------------------------- builders
 
@@ -63,28 +63,12 @@ def make_xml(path: Path, filename: str | None, size: tuple | None, objects=(), r
     return path
 
 
-def tree_state(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file and marker of every folder (symlinks by target)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            p = Path(dirpath) / f
-            rel = os.path.relpath(p, root)
-            if p.is_symlink():
-                out[rel] = "link:" + os.readlink(p)
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def convert(src: Path, out: Path, **kw):
-    before = tree_state(src)
+    before = tree_digest(src)
     try:
         return convert_voc(src, out, ConvertOptions(**kw))
     finally:
-        assert tree_state(src) == before, "SRC was modified"
+        assert tree_digest(src) == before, "SRC was modified"
 
 
 def report(out: Path) -> dict:
@@ -458,9 +442,9 @@ def test_existing_out_refused_unless_detkit_output_or_force(tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
     convert(src, out, force=True)
     assert not (out / "precious.txt").exists()
-    first = tree_state(out)
+    first = tree_digest(out)
     convert(src, out)  # an earlier detkit output may be replaced without --force
-    assert tree_state(out) == first
+    assert tree_digest(out) == first
     empty = tmp_path / "empty"
     empty.mkdir()
     convert(src, empty)  # an empty folder is fine
@@ -482,7 +466,7 @@ def test_deterministic_outputs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     convert(src, a, seed=3)
     convert(src, b, seed=3, link="copy")
-    sa, sb = tree_state(a), tree_state(b)
+    sa, sb = tree_digest(a), tree_digest(b)
     ra, rb = report(a), report(b)
     assert ra["image_files"] == {"link": 11} and rb["image_files"] == {"copy": 11}
     del sa["convert_report.json"], sb["convert_report.json"]
@@ -553,7 +537,7 @@ def test_interrupted_run_leaves_previous_or_nothing_and_rerun_matches(tmp_path, 
     monkeypatch.setattr(convert_mod, "_write", real_write)
     convert(src, out)
     assert not stale.exists()
-    assert tree_state(out) == tree_state(ref)
+    assert tree_digest(out) == tree_digest(ref)
     # killed between the two renames: the previous output (with its weights) is put back, then replaced
     (out / "backup" / "w.weights").write_bytes(b"123")
     os.replace(out, tmp_path / ".out.old-999999998")
@@ -566,7 +550,7 @@ def test_interrupted_run_leaves_previous_or_nothing_and_rerun_matches(tmp_path, 
     monkeypatch.setattr(convert_mod, "_write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         convert(src, out, seed=5)
-    assert tree_state(out) == tree_state(ref)
+    assert tree_digest(out) == tree_digest(ref)
 
 
 # --------------------------------------------------------------------------- outputs usable by tools
@@ -737,17 +721,17 @@ def test_sigkill_half_way_then_rerun_matches(tmp_path):
         "c._write_new = dying\n"
         "c.convert_voc(sys.argv[1], sys.argv[2])\n"
     )
-    before = tree_state(src)
+    before = tree_digest(src)
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    assert tree_state(src) == before
+    assert tree_digest(src) == before
     assert not out.exists()
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
     assert len(leftovers) == 1 and any(leftovers[0].rglob("*.txt"))  # a half-built folder, as after a crash
     convert(src, out)
     assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
-    assert tree_state(out) == tree_state(ref)
+    assert tree_digest(out) == tree_digest(ref)
 
 
 def test_similar_class_names_warned(tmp_path):

@@ -12,7 +12,8 @@ from PIL import Image
 from detkit.data.convert import ConvertOptions, convert_voc
 from detkit.data.datafiles import load_data_config, read_yolo_labels
 
-from test_convert import check_label_rules, rename_map, report, tree_state
+from helpers import tree_digest
+from test_convert import check_label_rules, rename_map, report
 
 pytestmark = pytest.mark.real
 
@@ -50,9 +51,9 @@ def _check_labels_against_devkit_rule(src: Path, out: Path, truth: dict, classes
 
 def test_raccoon(shared, tmp_path):
     src = shared / "data" / "raccoon"
-    before = tree_state(src)
+    before = tree_digest(src)
     res = convert_voc(src, tmp_path / "raccoon", ConvertOptions())
-    assert tree_state(src) == before
+    assert tree_digest(src) == before
     out = res.out
     rep = report(out)
     truth = _xml_truth(src / "Annotations")
@@ -70,9 +71,9 @@ def test_raccoon(shared, tmp_path):
 
 def test_bccd(shared, tmp_path):
     src = shared / "data" / "bccd"
-    before = tree_state(src)
+    before = tree_digest(src)
     res = convert_voc(src, tmp_path / "bccd", ConvertOptions())
-    assert tree_state(src) == before
+    assert tree_digest(src) == before
     out = res.out
     rep = report(out)
     truth = _xml_truth(src / "Annotations")

@@ -17,46 +17,7 @@ import detkit
 from detkit.boxes import iou_matrix
 from detkit.cli import main
 from detkit.engine.predict import Predictor, parse_img_size
-
-TINY_CFG = """[net]
-width=64
-height=64
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=255
-activation=linear
-
-[yolo]
-mask = 0,1,2
-anchors = 10,14,  23,27,  37,58
-classes=80
-num=3
-"""
-
+from helpers import detect_argv, write_tiny_model
 
 class BrightBoxOracle(nn.Module):
     """Stand-in model: reports the extent of the bright (> 0.9) pixels of each input as one box
@@ -141,20 +102,11 @@ def test_parse_img_size():
 def tiny(tmp_path_factory):
     """A 2-class tiny darknet model (cfg says 80 classes; names decide) whose head fires everywhere."""
     d = tmp_path_factory.mktemp("tiny")
-    (d / "tiny.cfg").write_text(TINY_CFG)
     (d / "two.names").write_text("圆 circle\nsquare\n")
-    torch.manual_seed(0)
-    model = detkit.build_model(d / "tiny.cfg", num_classes=2)
-    head = model.layers[3].conv  # (2 + 5) * 3 = 21 filters
-    assert head.out_channels == 21
-    with torch.no_grad():
-        head.weight.mul_(0.1)
-        bias = head.bias.view(3, 7)
-        bias.zero_()
-        bias[:, 4] = 4.0  # objectness ~0.98
-        bias[:, 5] = 3.0  # class 0 ~0.95
-        bias[:, 6] = -4.0
-    detkit.save_darknet_weights(model, d / "tiny.weights")
+    # objectness ~0.98, class 0 ~0.95
+    model = write_tiny_model(d, cfg_classes=80, num_classes=2, head_scale=0.1, zero_bias=True,
+                             head_bias=(4.0, 3.0, -4.0))
+    assert model.layers[3].conv.out_channels == 21  # (2 + 5) * 3 filters
     imgs = d / "images"
     (imgs / "子目录").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -165,8 +117,7 @@ def tiny(tmp_path_factory):
 
 
 def _detect(tiny: Path, out: Path, *extra: str) -> int:
-    return main(["detect", "--cfg", str(tiny / "tiny.cfg"), "--weights", str(tiny / "tiny.weights"),
-                 "--names", str(tiny / "two.names"), "--out", str(out), "--img-size", "64", *extra])
+    return main(detect_argv(tiny, out, *extra))
 
 
 def test_cli_detect_folder_with_non_ascii_names(tiny, tmp_path, capsys):

@@ -41,7 +41,7 @@ def _worker(rank: int, world: int, port: int, settings, folder: str) -> None:
 
 
 def test_two_processes_with_gloo(tmp_path):
-    from test_train import make_dataset, mini_settings
+    from helpers import make_dataset, mini_settings
 
     data = make_dataset(tmp_path / "d", 8, 2)
     # global batch 4 = 2 micro-batches (subdivisions) x 2 processes x 1 image

@@ -11,48 +11,14 @@ from PIL import Image
 
 from detkit.cli import main
 from detkit.engine.evaluate import evaluate_files
-
-CFG = """[net]
-width=64
-height=64
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-filters=21
-size=1
-stride=1
-pad=1
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=8,8, 16,16, 32,32
-classes=2
-num=3
-"""
+from helpers import tiny_cfg
 
 
 def test_model_driven_eval_matches_its_saved_predictions(tmp_path):
     torch.manual_seed(0)
     from detkit import build_model, save_darknet_weights
 
-    (tmp_path / "m.cfg").write_text(CFG)
+    (tmp_path / "m.cfg").write_text(tiny_cfg())
     model = build_model(tmp_path / "m.cfg", num_classes=2)
     with torch.no_grad():  # make objectness high so there are detections to score
         for p in model.parameters():

@@ -12,50 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import detkit
 from detkit.cli import main
 from detkit.engine.predict import Predictor
-
-CFG = """[net]
-width=64
-height=64
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask = 0,1,2
-anchors = 10,14,  23,27,  37,58
-classes=2
-num=3
-"""
+from helpers import detect_argv, write_tiny_model
 
 N_FRAMES, FPS, W, H = 10, 10.0, 96, 80
 
@@ -63,18 +24,8 @@ N_FRAMES, FPS, W, H = 10, 10.0, 96, 80
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("video")
-    (d / "tiny.cfg").write_text(CFG)
     (d / "two.names").write_text("blob\nsquare\n")
-    torch.manual_seed(0)
-    model = detkit.build_model(d / "tiny.cfg")
-    head = model.layers[3].conv
-    with torch.no_grad():
-        head.weight.mul_(3.0)  # detections depend on the image content
-        bias = head.bias.view(3, 7)
-        bias[:, 4] = 1.0
-        bias[:, 5] = 2.0
-        bias[:, 6] = -3.0
-    detkit.save_darknet_weights(model, d / "tiny.weights")
+    write_tiny_model(d, head_scale=3.0, head_bias=(1.0, 2.0, -3.0))  # head x3: detections depend on the image
     src = d / "src"
     src.mkdir()
     writer = cv2.VideoWriter(str(src / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H))
@@ -90,9 +41,7 @@ def setup(tmp_path_factory):
 
 
 def _detect(setup: Path, out: Path, *extra: str) -> int:
-    return main(["detect", "--cfg", str(setup / "tiny.cfg"), "--weights", str(setup / "tiny.weights"),
-                 "--names", str(setup / "two.names"), "--out", str(out), "--img-size", "64",
-                 "--conf", "0.3", "--batch", "4", *extra])
+    return main(detect_argv(setup, out, "--conf", "0.3", "--batch", "4", *extra))
 
 
 def _reference_frames(path: Path) -> list[np.ndarray]:

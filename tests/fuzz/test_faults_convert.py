@@ -4,7 +4,6 @@ an output path blocked by a file (clear one-line messages, previous OUT intact).
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import random
@@ -22,6 +21,7 @@ import fuzzlib
 import detkit.data.convert as convert_mod
 from detkit.cli import main
 from detkit.data.convert import ConvertOptions, convert_voc
+from helpers import tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 40
@@ -56,19 +56,6 @@ def make_dataset(root: Path, n: int = N_IMAGES) -> Path:
     (sets / "train.txt").write_text("".join(f"{s}\n" for s in ids[: n * 3 // 4]), encoding="utf-8")
     (sets / "val.txt").write_text("".join(f"{s}\n" for s in ids[n * 3 // 4:]), encoding="utf-8")
     return root
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 (files) / 'dir' (folders); symlinks by target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            p = Path(dirpath) / f
-            rel = os.path.relpath(p, root)
-            out[rel] = "link:" + os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def _cmd(src: Path, out: Path) -> list[str]:
