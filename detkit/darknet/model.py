@@ -116,12 +116,7 @@ class DarknetModel(nn.Module):
         Returns:
             train mode: list of raw ``(N, A, H_i, W_i, 5 + C)`` per head; eval mode: ``(N, R, 5 + C)``.
         """
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
-            raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {self.max_stride}")
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        x, h, w = network_input(x, self.in_channels, self.max_stride, self.channels_last)
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -138,6 +133,28 @@ class DarknetModel(nn.Module):
         if self.training:
             return heads
         return torch.cat(heads, dim=1)
+
+
+def network_input(x: torch.Tensor, in_channels: int, max_stride: int,
+                  channels_last: bool) -> tuple[torch.Tensor, int, int]:
+    """Check a network input and put it in the parameters' memory format (shared by
+    :meth:`DarknetModel.forward` and the fast path's).
+
+    Args:
+        x: ``(N, in_channels, H, W)``; H and W positive multiples of ``max_stride``.
+
+    Returns:
+        ``(x, H, W)``: ``x`` contiguous in channels_last (NHWC) or NCHW order.
+
+    Raises:
+        ValueError: wrong rank, channel count or size.
+    """
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected input (N, {in_channels}, H, W), got {tuple(x.shape)}")
+    h, w = int(x.shape[2]), int(x.shape[3])
+    if h % max_stride or w % max_stride or h == 0 or w == 0:
+        raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {max_stride}")
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), h, w
 
 
 def build_model(cfg_path_or_text: str | os.PathLike, num_classes: int | None = None) -> DarknetModel:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkit.darknet.layers import ConvLayer, RouteLayer, ShortcutLayer, YoloLayer
+from detkit.darknet.model import network_input
 from detkit.yolo.decode import decode_head
 
 log = logging.getLogger(__name__)
@@ -202,12 +203,7 @@ class FastDarknet(nn.Module):
 
         H and W must be positive multiples of ``max_stride``.
         """
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if h % self.max_stride or w % self.max_stride or h == 0 or w == 0:
-            raise ValueError(f"input size {w}x{h} (WxH) must be a positive multiple of {self.max_stride}")
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        x, h, w = network_input(x, self.in_channels, self.max_stride, self.channels_last)
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         for i, (kind, layer) in enumerate(zip(self._kinds, self.layers)):
