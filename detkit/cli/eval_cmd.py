@@ -56,9 +56,10 @@ def add_parser(subparsers) -> None:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    from detkit.metrics.plots import _atomic_bytes
+    from detkit.fileio import write_bytes_atomic
 
-    _atomic_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8"), fsync=False,
+                       make_parents=True)
 
 
 def run(args: argparse.Namespace) -> int:

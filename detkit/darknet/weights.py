@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +24,7 @@ import torch
 from detkit.darknet.layers import ConvLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
 from detkit.errors import WeightsError
+from detkit.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +274,8 @@ def save_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
     major, minor, revision, seen = model.weights_header or DEFAULT_HEADER
     if not seen_is_64bit(major, minor):
         major, minor = DEFAULT_HEADER[:2]
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as out:
             out.write(struct.pack("<iiiQ", major, minor, revision, seen))
             for t in conv_layout(model, cutoff):
                 for name in t.names:
@@ -286,10 +283,5 @@ def save_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
                         else t.module.get_buffer(name)
                     arr = src.detach().to("cpu", torch.float32).contiguous().numpy()
                     out.write(arr.astype("<f4", copy=False).tobytes())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    write_atomic(path, write)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 
 from detkit.errors import DataError
+from detkit.fileio import write_bytes_atomic
 
 CLASS_NAMES: tuple[str, str] = ("circle", "square")
 DEFAULT_ROOT_NAME = "数据集"  # "dataset": a non-ASCII root folder
@@ -182,17 +182,8 @@ def render_scene(rng: np.random.Generator, width: int, height: int, *, max_objec
     return SynthScene(image=img, objects=tuple(objects))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write(path: Path, data: bytes) -> None:
+    write_bytes_atomic(path, data, fsync=False, make_parents=True)  # many small files: no fsync
 
 
 def _encode_image(image: np.ndarray, ext: str, jpeg_quality: int) -> bytes:
@@ -300,8 +291,8 @@ def generate_voc_dataset(out_dir: str | os.PathLike, num_images: int, seed: int 
             img_path = root / sub / f"{stem}{image_ext}"
             xml_path = root / sub / f"{stem}.xml"
             folder, key = sub, f"{sub}/{stem}"
-        _atomic_write_bytes(img_path, _encode_image(scene.image, image_ext, jpeg_quality))
-        _atomic_write_bytes(xml_path, voc_xml_bytes(img_path.name, folder, width, height, scene.objects))
+        _write(img_path, _encode_image(scene.image, image_ext, jpeg_quality))
+        _write(xml_path, voc_xml_bytes(img_path.name, folder, width, height, scene.objects))
         for o in scene.objects:
             counts[o.name] += 1
         empty += not scene.objects
@@ -311,7 +302,7 @@ def generate_voc_dataset(out_dir: str | os.PathLike, num_images: int, seed: int 
     if layout == "voc":
         sets = root / "ImageSets" / "Main"
         for name, stems in (("train", train), ("val", val), ("trainval", every)):
-            _atomic_write_bytes(sets / f"{name}.txt", "".join(s + "\n" for s in stems).encode("utf-8"))
+            _write(sets / f"{name}.txt", "".join(s + "\n" for s in stems).encode("utf-8"))
     return SynthSummary(root=root, layout=layout, class_names=CLASS_NAMES, num_images=num_images,
                         empty_images=empty, objects_per_class=counts, train=tuple(train),
                         val=tuple(val), image_size=(width, height))

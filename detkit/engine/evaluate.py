@@ -754,9 +754,9 @@ def evaluate_model(cfg: str | os.PathLike, weights: str | os.PathLike, data: str
     dt = DetTable(image_index=cat(img_index, (0,), np.int64), boxes=cat(boxes, (0, 4), np.float64),
                   scores=cat(scores, (0,), np.float64), labels=cat(labels, (0,), np.int64), box_format="xyxy")
     if save_pred is not None:
-        from detkit.metrics.plots import _atomic_bytes
+        from detkit.fileio import write_bytes_atomic
         res_list = predictions_to_coco_json(dt, gt.table.image_ids, gt.class_names)
-        _atomic_bytes(Path(save_pred), (json.dumps(res_list) + "\n").encode("utf-8"))
+        write_bytes_atomic(save_pred, (json.dumps(res_list) + "\n").encode("utf-8"), fsync=False, make_parents=True)
     g, d, default_plus_one = prepare_tables(gt, dt, False, metric)
     po = default_plus_one if plus_one is None else bool(plus_one)
     report = evaluate(g, d, gt.class_names, metric=metric, iou_threshold=iou_threshold,  # type: ignore[arg-type]

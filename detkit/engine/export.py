@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from detkit.darknet.layers import RouteLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
 from detkit.darknet.specs import infer_shapes
 from detkit.darknet.weights import save_darknet_weights
-from detkit.data.datafiles import write_bytes_atomic
+from detkit.fileio import write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -137,24 +136,6 @@ def _check_size(model: DarknetModel, img_size: tuple[int, int]) -> tuple[int, in
     return w, h
 
 
-def _atomic_from_tmp(path: Path, writer) -> int:
-    """Call ``writer(tmp_path)`` then ``os.replace`` it onto ``path``; returns the size in bytes."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path.stat().st_size
-
-
 def export_onnx(model: DarknetModel, path: str | os.PathLike, img_size: tuple[int, int],
                 dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> ExportResult:
     """Write the decoded eval-mode model as ONNX (input ``images`` (N, C, H, W) float32 in [0, 1],
@@ -194,7 +175,7 @@ def export_torchscript(model: DarknetModel, path: str | os.PathLike, img_size: t
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
             torch.jit.save(traced, tmp)
 
-    n = _atomic_from_tmp(p, save)
+    n = write_atomic(p, save).stat().st_size
     return ExportResult(p, "torchscript", (w, h), True, out_shape, n)
 
 

@@ -10,25 +10,16 @@ import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from detkit.fileio import write_bytes_atomic
 from detkit.metrics.report import EvalReport
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data, fsync=False, make_parents=True)
 
 
 def _safe(name: str) -> str:

@@ -105,8 +105,26 @@ class ImageDets:
         object.__setattr__(self, "labels", _as(self.labels, np.int64, (), f"ImageDets {self.image_id!r} labels", m))
 
 
+class _BoxTable:
+    """Length and box-format views shared by :class:`GTTable` and :class:`DetTable`."""
+
+    boxes: np.ndarray
+    box_format: BoxFormat
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def xyxy(self) -> np.ndarray:
+        """(N, 4) boxes as ``xyxy`` (``x2 = x + w`` when stored as ``xywh``)."""
+        return self.boxes if self.box_format == "xyxy" else _xywh_to_xyxy(self.boxes)
+
+    def xywh(self) -> np.ndarray:
+        """(N, 4) boxes as COCO ``xywh`` (``w = x2 - x1`` when stored as ``xyxy``)."""
+        return self.boxes if self.box_format == "xywh" else _xyxy_to_xywh(self.boxes)
+
+
 @dataclass(frozen=True)
-class GTTable:
+class GTTable(_BoxTable):
     """Ground truth of a whole set as flat arrays (N objects over I images).
 
     Attributes:
@@ -151,20 +169,9 @@ class GTTable:
             dup = next(i for i in self.image_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
             raise EvalError(f"duplicate ground-truth image id {dup!r}")
 
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def xyxy(self) -> np.ndarray:
-        """(N, 4) boxes as ``xyxy`` (``x2 = x + w`` when stored as ``xywh``)."""
-        return self.boxes if self.box_format == "xyxy" else _xywh_to_xyxy(self.boxes)
-
-    def xywh(self) -> np.ndarray:
-        """(N, 4) boxes as COCO ``xywh`` (``w = x2 - x1`` when stored as ``xyxy``)."""
-        return self.boxes if self.box_format == "xywh" else _xyxy_to_xywh(self.boxes)
-
 
 @dataclass(frozen=True)
-class DetTable:
+class DetTable(_BoxTable):
     """Detections of a whole set as flat arrays (M detections), in input order.
 
     Attributes:
@@ -190,15 +197,6 @@ class DetTable:
         if m and not np.isfinite(self.scores).all():
             bad = int(np.flatnonzero(~np.isfinite(self.scores))[0])
             raise EvalError(f"detection {bad}: score {self.scores[bad]!r} is not finite")
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def xyxy(self) -> np.ndarray:
-        return self.boxes if self.box_format == "xyxy" else _xywh_to_xyxy(self.boxes)
-
-    def xywh(self) -> np.ndarray:
-        return self.boxes if self.box_format == "xywh" else _xyxy_to_xywh(self.boxes)
 
 
 def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
