@@ -3,8 +3,12 @@ and figures of the run to FILE (used by tools/fuzz_report.py)."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-import fuzzlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import fuzzlib` under any --import-mode
+
+import fuzzlib  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -121,7 +121,7 @@ def kill_and_rerun(dataset, work: Path, moment: str, delay: float, rerun_cli: bo
 @pytest.mark.timeout(300)
 def test_kill9_while_building_then_rerun_matches(dataset, tmp_path):
     """One SIGKILL halfway through writing the build folder (the long tier draws 30 moments)."""
-    assert kill_and_rerun(dataset, tmp_path, "building", 45, rerun_cli=False) == "during_build"
+    assert kill_and_rerun(dataset, tmp_path, "building", 10, rerun_cli=False) == "during_build"
 
 
 @pytest.mark.fuzz_long
