@@ -20,6 +20,7 @@ Every writer goes through :func:`write_text_atomic` (temporary file in the same 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -106,8 +107,11 @@ def _resolve(entry: str, bases: Sequence[Path]) -> Path:
         return p
     candidates = [(b / p) for b in bases]
     for c in candidates:
-        if c.exists():
-            return c
+        try:
+            if c.exists():
+                return c
+        except OSError:  # e.g. a name too long: not there
+            continue
     return candidates[0]
 
 
@@ -176,12 +180,18 @@ class DataConfig:
 
 def _images_from(entry: Path, source: Path, extra_bases: Sequence[Path]) -> list[Path]:
     """A train/val entry: a list file, a folder of images (recursive, sorted) or one image."""
+    try:
+        entry.stat()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise DataError(f"unusable train/val entry {str(entry)[-80:]!r}: {getattr(exc, 'strerror', None) or exc}",
+                            path=source) from None
     if entry.is_dir():
         return sorted(q for q in entry.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
     if entry.suffix.lower() in IMAGE_EXTENSIONS:
         return [entry]
     if not entry.is_file():
-        raise DataError(f"train/val entry not found: {entry}", path=source)
+        raise DataError(f"train/val entry not found: {str(entry)!r}"[:300], path=source)
     return read_list_file(entry, extra_bases=extra_bases)
 
 

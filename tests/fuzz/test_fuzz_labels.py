@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import fuzzlib
 from detkit.data.datafiles import load_data_config, read_list_file, read_names, read_yolo_labels
-from detkit.errors import AnnotationError
+from detkit.errors import AnnotationError, DetkitError
 
 NUM = st.one_of(st.sampled_from(["0", "1", "0.5", "1.0005", "1.01", "-0.0005", "-1", "2", "nan", "inf", "-inf",
                                  "1e309", "1e-400", "0x1", "1_0", "+0.5", ".5", "5.", "abc", "", "\u0661",
@@ -194,5 +194,26 @@ def test_nul_byte_in_a_path_is_an_annotation_error(tmp_path):
     p = tmp_path / "obj.data"
     p.write_bytes(b"classes = 2\ntrain = train.txt\nnames = obj.names\x00\n")
     with pytest.raises(AnnotationError, match="embedded null byte") as exc:
+        load_data_config(p)
+    fuzzlib.check_one_line(exc.value)
+
+
+@pytest.mark.parametrize("train", ["{a: {b: c}}", "x" * 5000])
+def test_unusable_train_entries_are_data_errors(tmp_path, train):
+    """Regression (found by the long tier): a mapping or a 5000-character name as ``train:`` raised
+    OSError (file name too long) from pathlib."""
+    _tree(tmp_path)
+    p = tmp_path / "data.yaml"
+    p.write_text(f"names: [a, b]\ntrain: {train}\n")
+    with pytest.raises(DetkitError) as exc:
+        load_data_config(p)
+    fuzzlib.check_one_line(exc.value)
+
+
+def test_newline_in_a_train_entry_stays_one_line(tmp_path):
+    """Regression (found by the long tier): a YAML string with a newline made a two-line message."""
+    p = tmp_path / "data.yaml"
+    p.write_text('names: [a]\ntrain: "a\\nb"\n')
+    with pytest.raises(DetkitError) as exc:
         load_data_config(p)
     fuzzlib.check_one_line(exc.value)
