@@ -30,6 +30,7 @@ the devkit's +1 IoU (bit-identical to the devkit); otherwise everything is conti
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -50,6 +51,22 @@ try:  # optional accelerator for large results files
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None
+
+try:  # optional: typed decoding of COCO results JSON (~5x faster than building 500k dicts)
+    import msgspec as _msgspec
+except ImportError:  # pragma: no cover
+    _msgspec = None
+
+if _msgspec is not None:
+    class _ResultRow(_msgspec.Struct, gc=False):
+        """One COCO result as the fast decoder expects it (anything else -> the checked path)."""
+
+        image_id: int | str
+        category_id: int | str
+        bbox: tuple[float, float, float, float]
+        score: float
+
+    _RESULTS_DECODER = _msgspec.json.Decoder(list[_ResultRow])
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +104,35 @@ class GroundTruth:
 
 # --------------------------------------------------------------------------- helpers
 
-def _read_json(path: Path):
-    """Parse a JSON file (orjson when installed: same numbers as the json module, ~2x faster)."""
+def _read_bytes(path: Path) -> bytes:
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
+    except OSError as exc:
+        raise AnnotationError(f"cannot read JSON: {exc.strerror or exc}", path=path) from None
+
+
+def _read_json(path: Path, data: bytes | None = None):
+    """Parse a JSON file (orjson when installed: same numbers as the json module, ~2x faster).
+
+    The cyclic garbage collector is paused while the document is built: the parsers allocate
+    millions of containers (dicts, lists), each allocation batch would otherwise trigger a
+    collection pass over all of them (2-3x the parse time on a 500k-detection results file).
+    """
+    if data is None:
+        data = _read_bytes(path)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
         if _orjson is not None:
             return _orjson.loads(data)
         return json.loads(data)
-    except OSError as exc:
-        raise AnnotationError(f"cannot read JSON: {exc.strerror or exc}", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
         line = getattr(exc, "lineno", None)
         raise AnnotationError(f"invalid JSON: {getattr(exc, 'msg', exc)}", path=path, line=line) from None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _num(v, what: str, path: Path, where: str) -> float:
@@ -480,25 +513,37 @@ def _map_ids(values: list, sorted_ids: tuple, lookup: dict) -> np.ndarray | None
     return np.where(ref[pos] == arr, pos, -1).astype(np.int64)
 
 
-def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, bool]:
-    doc = _read_json(p)
-    if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
-        doc = doc["annotations"]
-    if not isinstance(doc, list):
-        raise EvalError("COCO results JSON must be a list of {image_id, category_id, bbox, score}", path=p)
+def _results_columns_fast(data: bytes) -> tuple[list, list, np.ndarray, np.ndarray] | None:
+    """Typed decoding of a clean COCO results list straight into columns (msgspec, when installed).
+
+    Returns (image ids, category ids, (M, 4) float64 boxes, (M,) float64 scores), or None for
+    anything the checked path must look at (another layout, wrong types, non-finite numbers): that
+    path then reads the same bytes and names the bad entry. Numbers decode to the same floats as
+    orjson/json (correctly rounded), so both paths give identical tables.
+    """
+    if _msgspec is None:
+        return None
     try:
-        r_img = list(map(itemgetter("image_id"), doc))
-        r_cat = list(map(itemgetter("category_id"), doc))
-        r_box = list(map(itemgetter("bbox"), doc))
-        r_score = list(map(itemgetter("score"), doc))
-    except (TypeError, KeyError):
-        for i, d in enumerate(doc):
-            if not isinstance(d, dict):
-                raise EvalError(f"results[{i}]: expected an object, got {d!r}"[:200], path=p) from None
-            for key in ("image_id", "category_id", "bbox", "score"):
-                if key not in d:
-                    raise EvalError(f"results[{i}]: missing '{key}'", path=p) from None
-        raise
+        rows = _RESULTS_DECODER.decode(data)
+    except (_msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    n = len(rows)
+    boxes = np.fromiter(chain.from_iterable(map(attrgetter("bbox"), rows)), np.float64, count=4 * n).reshape(n, 4)
+    scores = np.fromiter(map(attrgetter("score"), rows), np.float64, count=n)
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        return None
+    return list(map(attrgetter("image_id"), rows)), list(map(attrgetter("category_id"), rows)), boxes, scores
+
+
+def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, bool]:
+    data = _read_bytes(p)
+    fast = _results_columns_fast(data)
+    if fast is not None:
+        r_img, r_cat, boxes, scores = fast
+        n_rows = len(r_img)
+    else:
+        r_img, r_cat, r_box, r_score, n_rows = _results_columns_checked(p, data)
+        boxes = scores = None
     lookup = _image_lookup(gt)
     if gt.kind == "coco":
         cindex = {c: k for k, c in enumerate(gt.category_ids or [])}
@@ -517,8 +562,8 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
             log.warning("%s: %d results have a category_id absent from the ground truth; ignored (as pycocotools)",
                         p, int((~keep).sum()))
     else:
-        img_index = np.empty(len(doc), np.int64)
-        labels = np.empty(len(doc), np.int64)
+        img_index = np.empty(n_rows, np.int64)
+        labels = np.empty(n_rows, np.int64)
         for k, (i, c) in enumerate(zip(r_img, r_cat)):
             key = str(i)
             if key not in lookup:
@@ -530,21 +575,45 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
                 labels[k] = c
             else:
                 raise EvalError(f"results[{k}]: category_id {c!r} is not a class index or name", path=p)
-        keep = np.ones(len(doc), bool)
-    boxes = _boxes_fast(r_box)
+        keep = np.ones(n_rows, bool)
     if boxes is None:
-        boxes = _boxes_array(r_box, p, "results")
-    try:
-        scores = np.fromiter(r_score, np.float64, count=len(r_score))
-        if scores.size != len(doc) or not np.isfinite(scores).all():
-            raise ValueError
-    except (TypeError, ValueError):
-        bad = next((k for k, s in enumerate(r_score)
-                    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)), 0)
-        raise EvalError(f"results[{bad}]: score must be a finite number, got {r_score[bad]!r}", path=p) from None
+        boxes = _boxes_fast(r_box)
+        if boxes is None:
+            boxes = _boxes_array(r_box, p, "results")
+        try:
+            scores = np.fromiter(r_score, np.float64, count=len(r_score))
+            if scores.size != n_rows or not np.isfinite(scores).all():
+                raise ValueError
+        except (TypeError, ValueError):
+            bad = next((k for k, s in enumerate(r_score)
+                        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)), 0)
+            raise EvalError(f"results[{bad}]: score must be a finite number, got {r_score[bad]!r}", path=p) from None
     if not keep.all():
         img_index, labels, boxes, scores = img_index[keep], labels[keep], boxes[keep], scores[keep]
     return DetTable(image_index=img_index, boxes=boxes, scores=scores, labels=labels, box_format="xywh"), False
+
+
+def _results_columns_checked(p: Path, data: bytes) -> tuple[list, list, list, list, int]:
+    """The general path: parse to Python objects and name the first bad entry (one-line EvalError)."""
+    doc = _read_json(p, data)
+    if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
+        doc = doc["annotations"]
+    if not isinstance(doc, list):
+        raise EvalError("COCO results JSON must be a list of {image_id, category_id, bbox, score}", path=p)
+    try:
+        r_img = list(map(itemgetter("image_id"), doc))
+        r_cat = list(map(itemgetter("category_id"), doc))
+        r_box = list(map(itemgetter("bbox"), doc))
+        r_score = list(map(itemgetter("score"), doc))
+    except (TypeError, KeyError):
+        for i, d in enumerate(doc):
+            if not isinstance(d, dict):
+                raise EvalError(f"results[{i}]: expected an object, got {d!r}"[:200], path=p) from None
+            for key in ("image_id", "category_id", "bbox", "score"):
+                if key not in d:
+                    raise EvalError(f"results[{i}]: missing '{key}'", path=p) from None
+        raise
+    return r_img, r_cat, r_box, r_score, len(doc)
 
 
 def _load_comp4(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, bool]:
