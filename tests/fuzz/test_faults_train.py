@@ -1,7 +1,7 @@
 """Training under SIGKILL (long tier): a run killed at random moments, then ``--resume``d from its
 ``last.pt`` (or restarted when it died before the first checkpoint), ends with the same weights
 as an uninterrupted run (CPU, to floating-point noise). Uses the miniature cfg and synthetic
-dataset of tests/test_train.py (the training engineer's helpers) so each run takes seconds."""
+dataset of tests/helpers.py (shared with tests/test_train.py) so each run takes seconds."""
 from __future__ import annotations
 
 import os
@@ -26,7 +26,7 @@ import sys, torch
 sys.path[:0] = [{tests!r}, {repo!r}]
 torch.set_num_threads(1)
 from pathlib import Path
-from test_train import mini_settings
+from helpers import mini_settings
 from detkit.engine.train import train
 train(mini_settings(Path({tmp!r}), Path({data!r}), out={out!r}, epochs={epochs}, batch=4, subdivisions=2))
 """
@@ -48,7 +48,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path):
     sys.path[:0] = [str(TESTS)]
     try:
-        from test_train import make_dataset, mini_settings
+        from helpers import make_dataset, mini_settings
     finally:
         sys.path.remove(str(TESTS))
     from detkit.engine.train import train
