@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--copy", action="store_true", help="copy images instead of hard-linking")
     args = ap.parse_args()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir))
     try:
         src, out = work / "src", work / "out"
