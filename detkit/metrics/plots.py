@@ -85,7 +85,7 @@ def write_plots(report: EvalReport, out_dir: str | os.PathLike, confusion: np.nd
     ax_all.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
                title=f"all classes: mAP {report.map:.4f} ({report.metric}, {iou_lbl})")
     ax_all.grid(alpha=0.3)
-    if len(report.classes) <= 30:
+    if len(report.classes) <= 30 and ax_all.get_legend_handles_labels()[0]:  # no curves: no legend
         ax_all.legend(fontsize=7, loc="lower left")
     p = out / "pr_all.png"
     _save(fig_all, p)
