@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from detkit.darknet.layers import RouteLayer, ShortcutLayer, YoloLayer
+from detkit.darknet.layers import MaxPoolLayer, RouteLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
 from detkit.darknet.specs import infer_shapes
 from detkit.darknet.weights import save_darknet_weights
@@ -88,17 +88,44 @@ class _HeadDecoder(nn.Module):
         return torch.cat([xy, wh, probs], dim=-1)
 
 
+class _EdgeMaxPool(nn.Module):
+    """A darknet maxpool padded by repeating the border (see :class:`DecodedExport`)."""
+
+    def __init__(self, layer: MaxPoolLayer):
+        super().__init__()
+        self.pad, self.spec, self._pad_unused = layer.pad, layer.spec, layer._pad_unused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad) and not self._pad_unused(x.shape[-2], x.shape[-1]):
+            x = torch.nn.functional.pad(x, self.pad, mode="replicate")
+        return torch.nn.functional.max_pool2d(x, self.spec.size, self.spec.stride)
+
+
 class DecodedExport(nn.Module):
     """``DarknetModel`` (eval) for a fixed input size with an export-friendly decode.
 
     ``forward(x (N, C, H, W) float in [0, 1]) -> (N, R, 5 + C)``, equal to ``model.eval()(x)``.
+
+    ``maxpool_pad="edge"`` pads darknet's maxpools by repeating the border instead of ``-inf``:
+    the same result (every pooling window that reaches a padded cell also holds the border cell
+    that was repeated into it; checked per layer, else ValueError), and a finite tensor, which
+    int8 calibration needs (a ``-inf`` in a tensor makes its quantisation scale infinite).
     """
 
-    def __init__(self, model: DarknetModel, img_size: tuple[int, int]):
+    def __init__(self, model: DarknetModel, img_size: tuple[int, int], maxpool_pad: str = "-inf"):
         super().__init__()
-        self.model = model
+        if maxpool_pad not in ("-inf", "edge"):
+            raise ValueError(f"maxpool_pad must be '-inf' or 'edge', got {maxpool_pad!r}")
+        # the layers are registered here under their own indices (``layers.N`` in ONNX node names,
+        # which the int8 quantiser uses to tell backbone layers from the decode)
+        self.layers = nn.ModuleList(_EdgeMaxPool(m) if maxpool_pad == "edge" and isinstance(m, MaxPoolLayer) else m
+                                    for m in model.layers)
+        self._keep = frozenset(model._keep)
         w, h = img_size
         self.input_hw = (int(h), int(w))
+        self.maxpool_pad = maxpool_pad
+        if maxpool_pad == "edge":
+            self._check_edge_padding(model, self.input_hw)
         feats = self._feature_sizes(model, self.input_hw)
         self.decoders = nn.ModuleList(
             _HeadDecoder(head, hw, self.input_hw) for head, hw in zip(model.yolo_layers, feats))
@@ -109,11 +136,29 @@ class DecodedExport(nn.Module):
         shapes = infer_shapes(model.spec, (model.in_channels, *input_hw))
         return [shapes[i][1:] for i, m in enumerate(model.layers) if isinstance(m, YoloLayer)]
 
+    @staticmethod
+    def _check_edge_padding(model: DarknetModel, input_hw: tuple[int, int]) -> None:
+        """ValueError when some maxpool window would lie wholly in the padding (there ``-inf``
+        and edge padding differ)."""
+        shapes = infer_shapes(model.spec, (model.in_channels, *input_hw))
+        for i, layer in enumerate(model.layers):
+            if not isinstance(layer, MaxPoolLayer) or not any(layer.pad):
+                continue
+            h, w = (shapes[i - 1][1:] if i > 0 else input_hw)
+            size, stride = layer.spec.size, layer.spec.stride
+            left, _, top, _ = layer.pad
+            for n, before in ((h, top), (w, left)):
+                out = (n + layer.spec.padding - size) // stride + 1
+                if before >= size or (out - 1) * stride - before >= n:
+                    raise ValueError(f"layer {i} [maxpool]: a pooling window lies wholly in the padding "
+                                     f"(size={size}, stride={stride}, padding={layer.spec.padding}); "
+                                     "it cannot be exported with edge padding")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         saved: dict[int, torch.Tensor] = {}
         outs: list[torch.Tensor] = []
         head = 0
-        for i, layer in enumerate(self.model.layers):  # same walk as DarknetModel.forward
+        for i, layer in enumerate(self.layers):  # same walk as DarknetModel.forward
             if isinstance(layer, RouteLayer):
                 x = layer([saved[j] for j in layer.sources])
             elif isinstance(layer, ShortcutLayer):
@@ -123,7 +168,7 @@ class DecodedExport(nn.Module):
                 head += 1
             else:
                 x = layer(x)
-            if i in self.model._keep:
+            if i in self._keep:
                 saved[i] = x
         return torch.cat(outs, dim=1)
 
@@ -136,12 +181,11 @@ def _check_size(model: DarknetModel, img_size: tuple[int, int]) -> tuple[int, in
     return w, h
 
 
-def export_onnx(model: DarknetModel, path: str | os.PathLike, img_size: tuple[int, int],
-                dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Write the decoded eval-mode model as ONNX (input ``images`` (N, C, H, W) float32 in [0, 1],
-    output ``output`` (N, R, 5 + C)); batch fixed at 1 unless ``dynamic_batch``."""
+def onnx_bytes(model: DarknetModel, img_size: tuple[int, int], dynamic_batch: bool = False,
+               opset: int = DEFAULT_OPSET, maxpool_pad: str = "-inf") -> tuple[bytes, tuple[int, ...]]:
+    """The decoded eval-mode model as an ONNX file's bytes, and its output shape for batch 1."""
     w, h = _check_size(model, img_size)
-    wrapper = DecodedExport(model.eval(), (w, h)).eval()
+    wrapper = DecodedExport(model.eval(), (w, h), maxpool_pad=maxpool_pad).eval()
     x = torch.zeros(1, model.in_channels, h, w)
     dyn = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
@@ -152,9 +196,18 @@ def export_onnx(model: DarknetModel, path: str | os.PathLike, img_size: tuple[in
         out_shape = tuple(wrapper(x).shape)
         torch.onnx.export(wrapper, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_axes=dyn, do_constant_folding=True)
+    return buf.getvalue(), out_shape
+
+
+def export_onnx(model: DarknetModel, path: str | os.PathLike, img_size: tuple[int, int],
+                dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Write the decoded eval-mode model as ONNX (input ``images`` (N, C, H, W) float32 in [0, 1],
+    output ``output`` (N, R, 5 + C)); batch fixed at 1 unless ``dynamic_batch``."""
+    w, h = _check_size(model, img_size)
+    data, out_shape = onnx_bytes(model, (w, h), dynamic_batch, opset)
     p = Path(path)
-    write_bytes_atomic(p, buf.getvalue())
-    return ExportResult(p, "onnx", (w, h), dynamic_batch, out_shape, len(buf.getvalue()))
+    write_bytes_atomic(p, data)
+    return ExportResult(p, "onnx", (w, h), dynamic_batch, out_shape, len(data))
 
 
 def export_torchscript(model: DarknetModel, path: str | os.PathLike, img_size: tuple[int, int]
