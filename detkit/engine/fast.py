@@ -115,6 +115,19 @@ class FusedConv(nn.Module):
         return self.act(x)
 
 
+def head_conv_indices(layers: list[nn.Module]) -> set[int]:
+    """Indices of the convs feeding a yolo layer directly (through non-parametric layers)."""
+    out: set[int] = set()
+    for i, m in enumerate(layers):
+        if isinstance(m, YoloLayer):
+            j = i - 1
+            while j >= 0 and not isinstance(layers[j], (ConvLayer, RouteLayer, ShortcutLayer)):
+                j -= 1
+            if j >= 0 and isinstance(layers[j], ConvLayer):
+                out.add(j)
+    return out
+
+
 @dataclass(frozen=True)
 class FastInfo:
     """How a :class:`FastDarknet` runs: device, compute dtype name, layout, compiled, and the
@@ -149,7 +162,7 @@ class FastDarknet(nn.Module):
         self.compute_dtype = dtype
         self.channels_last = channels_last
         layers = list(model.layers)
-        head_inputs = self._head_convs(layers)
+        head_inputs = head_conv_indices(layers)
         first_convs = set([i for i, m in enumerate(layers) if isinstance(m, ConvLayer)][:max(0, fp32_first)])
         mods: list[nn.Module] = []
         kinds: list[str] = []
@@ -179,19 +192,6 @@ class FastDarknet(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.eval()
         self.requires_grad_(False)
-
-    @staticmethod
-    def _head_convs(layers: list[nn.Module]) -> set[int]:
-        """Indices of the convs feeding a yolo layer directly (through non-parametric layers)."""
-        out: set[int] = set()
-        for i, m in enumerate(layers):
-            if isinstance(m, YoloLayer):
-                j = i - 1
-                while j >= 0 and not isinstance(layers[j], (ConvLayer, RouteLayer, ShortcutLayer)):
-                    j -= 1
-                if j >= 0 and isinstance(layers[j], ConvLayer):
-                    out.add(j)
-        return out
 
     def train(self, mode: bool = True) -> "FastDarknet":
         if mode:
