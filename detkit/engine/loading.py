@@ -140,3 +140,22 @@ def _load_darknet(model: DarknetModel, w: Path, cfg: str | os.PathLike, strict: 
     loaded = set(report.loaded)
     fresh = tuple(i for i, _ in model.conv_layers if i not in loaded)
     return LoadedWeights(w, "darknet", (), fresh, report.partial, report)
+
+
+def load_onnx_model(weights: str | os.PathLike, num_classes: int | None = None, *,
+                    classes_from: str = "the model", names_file: str | os.PathLike | None = None):
+    """An exported ``.onnx`` detector run by onnxruntime (:class:`~detkit.engine.onnxrt.OnnxModel`),
+    its class count checked against ``num_classes``.
+
+    Raises:
+        WeightsError: missing or unloadable file, not a detkit detector, or a class count mismatch.
+    """
+    from detkit.engine.onnxrt import OnnxModel
+
+    model = OnnxModel(weights)
+    if num_classes is not None and model.num_classes != num_classes:
+        has = (f"the names file {names_file} has {num_classes} names" if names_file is not None
+               else f"{classes_from} has {num_classes}")
+        raise WeightsError(f"the ONNX model gives {model.num_classes} classes but {has}", path=weights)
+    log.info("%s: %s", weights, model.fast_info.describe())
+    return model

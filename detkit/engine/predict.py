@@ -145,7 +145,9 @@ class Predictor:
             stretch to the input size, with darknet's own resize arithmetic.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         max_det: at most this many detections per image.
-        fast: run :func:`detkit.engine.fast.optimize_for_inference` (needs a DarknetModel).
+        fast: run :func:`detkit.engine.fast.optimize_for_inference` (needs a DarknetModel). A
+            model that already has ``fast_info`` (an optimised model, a
+            :class:`~detkit.engine.onnxrt.OnnxModel`) runs as it is, whatever ``fast`` says.
         precision: the fast path's compute dtype: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``.
         compile: the fast path under ``torch.compile``.
 
@@ -163,6 +165,10 @@ class Predictor:
             height = getattr(net, "height", None) if not isinstance(net, dict) else net.get("height")
             img_size = (int(width), int(height)) if width and height else 416
         self.input_size = parse_img_size(img_size)
+        fixed = getattr(model, "fixed_input_size", None)  # e.g. an ONNX model: size fixed at export
+        if fixed is not None and tuple(fixed) != self.input_size:
+            raise ValueError(f"the model takes {fixed[0]}x{fixed[1]} inputs only (fixed at export), "
+                             f"not {self.input_size[0]}x{self.input_size[1]}")
         if not 0.0 <= conf < 1.0:
             raise ValueError(f"confidence threshold must be in [0, 1), got {conf}")
         if not 0.0 < nms <= 1.0:
@@ -170,7 +176,13 @@ class Predictor:
         self.conf, self.nms, self.letterbox, self.max_det = conf, nms, letterbox, max_det
         self.device = resolve_device(device)
         self.fast = fast
-        if fast:
+        if getattr(model, "fast_info", None) is not None:
+            # already built for inference (an optimize_for_inference model, an ONNX model run by
+            # onnxruntime): used as it is, on its own device
+            if compile:
+                raise ValueError("compile applies to the PyTorch fast path, not to an already optimised model")
+            self.model = model
+        elif fast:
             from detkit.engine.fast import optimize_for_inference
 
             self.model = optimize_for_inference(model, self.device, dtype=precision, compile=compile)
