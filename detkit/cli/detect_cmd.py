@@ -29,8 +29,11 @@ def add_parser(subparsers) -> None:
         description="Run a YOLO model (darknet cfg + weights) on an image, a folder of images, a "
                     "list file or a video; write annotated images and detections.json (video: an "
                     "annotated video and detections.jsonl, one line per frame) to --out.")
-    p.add_argument("--cfg", required=True, help="darknet .cfg file (or a builtin name, e.g. yolov3-tiny)")
-    p.add_argument("--weights", required=True, help="darknet .weights file")
+    p.add_argument("--cfg", default=None,
+                   help="darknet .cfg file (or a builtin name, e.g. yolov3-tiny); not needed for an .onnx model")
+    p.add_argument("--weights", required=True,
+                   help="darknet .weights file, or an .onnx model from detkit export (run by onnxruntime; "
+                        "float32 or int8)")
     p.add_argument("--names", required=True, help="class names file, one per line (sets the class count)")
     p.add_argument("--source", required=True,
                    help="an image, a folder of images (searched recursively), a .txt list of image paths "
@@ -124,7 +127,6 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.data.datafiles import read_names
-    from detkit.engine.loading import load_model
     from detkit.engine.predict import Predictor, parse_img_size, resolve_device
 
     if not 0.0 <= args.conf < 1.0:
@@ -154,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--out is a folder holding input {'videos' if video else 'images'}; annotated "
                         "output would overwrite them (choose another --out, or --no-images)", path=out_dir)
 
-    model, _ = load_model(args.cfg, weights, len(names), checkpoints=False, purpose="detection",
-                          names_file=args.names, classes_hint="use the names file the weights were trained with")
+    model = _load(args, weights, names)
     try:
         predictor = Predictor(model, img_size=img_size, conf=args.conf, nms=args.nms, letterbox=not args.resize,
                               device=device, fast=not args.no_fast, precision=args.precision,
@@ -170,6 +171,26 @@ def run(args: argparse.Namespace) -> int:
     if video:
         return _detect_video(args, predictor, names, src, out_dir, progress)
     return _detect_images(args, predictor, names, sources, out_dir, progress, quiet)
+
+
+def _load(args: argparse.Namespace, weights: Path, names: list[str]):
+    """The model to run: an ``.onnx`` file through onnxruntime, else cfg + darknet weights."""
+    from detkit.engine.loading import load_model, load_onnx_model
+    from detkit.engine.onnxrt import is_onnx_file
+
+    if is_onnx_file(weights):
+        if args.cfg:
+            log.info("--cfg is not used with an .onnx model (the file holds the network)")
+        if args.no_fast or args.precision != "auto":
+            log.warning("--no-fast/--precision do not apply to an .onnx model (it runs as exported)")
+        if args.compile:
+            raise DataError("--compile applies to the PyTorch fast path, not to an .onnx model")
+        return load_onnx_model(weights, len(names), names_file=args.names)
+    if not args.cfg:
+        raise DataError("--cfg is required (unless --weights is an .onnx model)")
+    model, _ = load_model(args.cfg, weights, len(names), checkpoints=False, purpose="detection",
+                          names_file=args.names, classes_hint="use the names file the weights were trained with")
+    return model
 
 
 def _detect_images(args: argparse.Namespace, predictor, names: list[str], sources: list[Path], out_dir: Path,

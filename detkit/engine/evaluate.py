@@ -788,22 +788,29 @@ def predictions_to_coco_json(dt: DetTable, image_ids: Sequence, class_names: Seq
             for i, c, bb, s in zip(dt.image_index, dt.labels, b, dt.scores)]
 
 
-def evaluate_model(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.PathLike, metric: str = "voc",
+def evaluate_model(cfg: str | os.PathLike | None, weights: str | os.PathLike, data: str | os.PathLike, metric: str = "voc",
                    names: Sequence[str] | None = None, iou_threshold: float = 0.5, conf_threshold: float = 0.25,
                    img_size: int | None = None, nms: float = 0.45, pred_conf: float = 0.005, batch_size: int = 8,
                    save_pred: str | os.PathLike | None = None, plus_one: bool | None = None,
                    iou_rule: str = ">=", device: str = "auto") -> EvalRun:
     """Run the model on the validation images of ``data`` (obj.data / data.yaml / list file), then
     score the detections like :func:`evaluate_files` (continuous pixels, no +1 unless forced).
+    ``weights`` may be an exported ``.onnx`` file (float32 or int8; then ``cfg`` is not needed).
 
     Detections come from :class:`detkit.engine.predict.Predictor` (letterbox, per-class NMS,
     boxes in original pixels), kept down to ``pred_conf`` so AP sees the whole PR curve.
     """
-    from detkit.engine.loading import load_model
+    from detkit.engine.loading import load_model, load_onnx_model
+    from detkit.engine.onnxrt import is_onnx_file
     from detkit.engine.predict import Predictor
 
     gt = load_yolo_gt(data, names)
-    model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
+    if is_onnx_file(weights):  # an exported file (float32 or int8) run by onnxruntime; cfg unused
+        model = load_onnx_model(weights, len(gt.class_names), classes_from="the dataset")
+    elif cfg is None:
+        raise EvalError("model-driven evaluation needs --cfg (unless --weights is an .onnx model)")
+    else:
+        model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
     try:
         predictor = Predictor(model, img_size=img_size, conf=pred_conf, nms=nms, letterbox=True, device=device)
     except ValueError as exc:
