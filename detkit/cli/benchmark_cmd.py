@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default=None,
                    help="obj.data / data.yaml: also measure VOC mAP@0.5 on its validation split for the fp32 "
                         "and fast paths (use a model fine-tuned on that data as --weights, with its --cfg)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: latency, e2e")
+    p.add_argument("--skip", default="",
+                   help="comma-separated parts to skip: latency, e2e, int8 (the ONNX/onnxruntime contenders)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 warm-up + 3 timed calls, 20 images (not a measurement)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
@@ -59,12 +60,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from detkit.engine import benchmark as bm
+    from detkit.engine.loading import load_model
 
     repo = Path(__file__).resolve().parents[2]
     shared = bm.default_shared()
     cfg = args.cfg or str(repo / "cfg" / "yolov3-tiny.cfg")
     weights = args.weights or str(shared / "weights" / "yolov3-tiny.weights")
     names = args.names or str(shared / "weights" / "coco.names")
+    if not Path(cfg).is_file() and (repo / "cfg" / f"{cfg}.cfg").is_file():
+        cfg = str(repo / "cfg" / f"{cfg}.cfg")  # a builtin name; OpenCV needs the file's path
     if not Path(cfg).is_file():
         raise DataError("cfg file not found", path=cfg)
     if not Path(weights).is_file():
@@ -80,10 +84,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{results['machine']}; cfg `{Path(cfg).name}`, weights `{Path(weights).name}`, "
           f"input {args.size}x{args.size}\n")
 
+    folder = Path(args.images) if args.images else shared / "data" / "raccoon" / "JPEGImages"
+    images = (sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+              if folder.is_dir() else [])
+    int8 = "int8" not in skip and bm.onnxruntime_available()
+    if "int8" not in skip and not int8:
+        _say("int8 contenders skipped: onnx/onnxruntime are not installed")
     if "latency" not in skip and not args.data:
         _say("latency: round-robin over the contenders")
         timings = bm.latency(cfg, weights, args.size, 1, args.warmup, args.iters, compile=args.compile,
-                             pytorchyolo_path=args.pytorchyolo_path, progress=_say)
+                             pytorchyolo_path=args.pytorchyolo_path, progress=_say,
+                             int8_calibration=images if int8 and images else None)
         ref = next(t for t in timings if t.name.startswith("OpenCV")).median
         print(f"## Batch-1 model latency (forward + yolo decode; {args.iters} timed calls each after "
               f"{args.warmup} warm-up, round-robin)\n")
@@ -94,16 +105,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"| {t.name} | - | - | - | {t.note} |")
                 continue
             print(f"| {t.name} | {t.median:.1f} | {t.best:.1f} | {t.median / ref:.2f}x | {t.note} |")
-        print("\nTargets: fast path <= 0.40x, plain fp32 <= 0.70x OpenCV DNN's latency.\n")
+        print("\nTargets: fast path <= 0.40x, plain fp32 <= 0.70x OpenCV DNN's latency. The int8 file "
+              "(detkit export --format onnx-int8) is calibrated on the end-to-end images.\n")
         results["latency"] = [{"name": t.name, "median_ms": t.median if t.times_ms else None,
                                "best_ms": t.best if t.times_ms else None, "note": t.note,
                                "ratio_to_opencv": t.median / ref if t.times_ms else None} for t in timings]
 
     if "e2e" not in skip and not args.data:
-        folder = Path(args.images) if args.images else shared / "data" / "raccoon" / "JPEGImages"
         if not folder.is_dir():
             raise DataError("image folder for the end-to-end run not found (pass --images)", path=folder)
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
         if not images:
             raise DataError("no images in the folder", path=folder)
         if not Path(names).is_file():
@@ -119,6 +129,14 @@ def run(args: argparse.Namespace) -> int:
             runs.append(bm.end_to_end_detkit(cfg, weights, names, images, Path(tmp) / "plain", args.size,
                                              args.e2e_batch, extra=("--no-fast",),
                                              label="detkit detect --no-fast (plain fp32)"))
+            if int8:
+                _say("end-to-end: quantising the int8 ONNX file (not timed: a one-time export), then detkit detect")
+                model, _ = load_model(cfg, weights, checkpoints=False, purpose="the benchmark")
+                int8_path, note = bm.build_int8(model, images, Path(tmp), args.size)
+                run8 = bm.end_to_end_detkit(cfg, str(int8_path), names, images, Path(tmp) / "int8", args.size,
+                                            args.e2e_batch, label="detkit detect --weights int8.onnx (onnxruntime)")
+                runs.append(bm.Throughput(run8.name, run8.images, run8.seconds, run8.detections,
+                                          f"{note}; {run8.note}"))
         ref = runs[0].images_per_s
         print(f"## End to end: {len(images)} images from `{folder}` -> JSON (model loading included)\n")
         print("| pipeline | seconds | images/s | x OpenCV DNN images/s | detections | note |")
@@ -134,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data:
         _say(f"accuracy: VOC mAP@0.5 on the validation split of {args.data}")
-        acc = bm.accuracy(cfg, weights, args.data, size=args.size)
+        acc = bm.accuracy(cfg, weights, args.data, size=args.size, int8=int8)
         ref = acc[0].map50
         print(f"## Accuracy: VOC mAP@0.5 (all-point) on the validation split of `{args.data}`\n")
         print("| path | mAP@0.5 | difference to plain fp32 | images | detections (score > 0.005) |")

@@ -116,14 +116,32 @@ def _opencv_net(cfg: str, weights: str):
     return net, net.getUnconnectedOutLayersNames()
 
 
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def build_int8(model: torch.nn.Module, calibration: list[Path], folder: Path, size: int | None = None,
+               max_images: int = 64) -> tuple[Path, str]:
+    """Quantise ``model`` into ``folder/int8.onnx`` (dynamic batch) on ``calibration`` images;
+    returns the path and a note (images, seconds)."""
+    from detkit.engine.quantize import quantize_int8
+
+    res = quantize_int8(model, folder / "int8.onnx", calibration, img_size=(size, size) if size else None,
+                        max_images=max_images)
+    return res.path, f"calibrated on {res.calibration_images} images ({res.seconds:.0f} s, once)"
+
+
 def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int = 5, iters: int = 30,
             compile: bool = False, pytorchyolo_path: str | None = None,
-            progress: Callable[[str], None] | None = None) -> list[Timing]:
+            progress: Callable[[str], None] | None = None, int8_calibration: list[Path] | None = None
+            ) -> list[Timing]:
     """Median/best latency of each contender on the same letterboxed input.
 
     Contenders: OpenCV DNN; detkit eager fp32 NCHW; detkit eager fp32 (the model's default,
     channels_last); fast fp32 (BN folded + channels_last); fast auto precision (bf16 on CPUs with
-    native bf16); with ``compile`` the fast paths under torch.compile; pytorchyolo when importable.
+    native bf16); with ``compile`` the fast paths under torch.compile; with ``int8_calibration``
+    (and onnxruntime installed) the exported float32 ONNX file and the int8 one
+    (:mod:`detkit.engine.quantize`) run by onnxruntime; pytorchyolo when importable.
     """
     from detkit.engine.fast import cpu_has_native_bf16, optimize_for_inference
     from detkit.engine.loading import load_model
@@ -165,6 +183,21 @@ def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int
                 compiled(x)
             runners[f"detkit fast {dt} + torch.compile"] = (
                 lambda c=compiled: c(x), f"compile {time.perf_counter() - t0:.0f} s")
+    tmp = tempfile.TemporaryDirectory(prefix="detkit-bench-onnx-")
+    if int8_calibration and onnxruntime_available():
+        from detkit.engine.export import export_onnx
+        from detkit.engine.onnxrt import OnnxModel
+
+        say("exporting the float32 ONNX file and quantising the int8 one")
+        threads = torch.get_num_threads()
+        fp32_path = export_onnx(model, Path(tmp.name) / "fp32.onnx", (size, size), dynamic_batch=True).path
+        ort32 = OnnxModel(fp32_path, threads=threads)
+        runners["detkit export onnx fp32, onnxruntime"] = (lambda: ort32(x), "")
+        int8_path, note = build_int8(model, int8_calibration, Path(tmp.name), size)
+        ort8 = OnnxModel(int8_path, threads=threads)
+        runners["detkit export onnx-int8, onnxruntime"] = (lambda: ort8(x), note)
+    elif int8_calibration:
+        say("int8: onnxruntime/onnx are not installed (skipped)")
     pyy, pyy_note = load_pytorchyolo(cfg, weights, pytorchyolo_path)
     if pyy is not None:
         runners["pytorchyolo (PyPI) fp32"] = (lambda: pyy(x), pyy_note)
@@ -182,6 +215,7 @@ def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1000.0)
+    tmp.cleanup()
     out = [Timing(k, batch, tuple(v), runners[k][1]) for k, v in times.items()]
     if pyy is None:
         out.append(Timing("pytorchyolo (PyPI) fp32", batch, (), pyy_note))
@@ -273,9 +307,12 @@ def end_to_end_detkit(cfg: str, weights: str, names: str, images: list[Path], ou
     return Throughput(label, len(images), seconds, n_det, stats)
 
 
-def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: int = 8) -> list[Accuracy]:
+def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: int = 8,
+             int8: bool = True) -> list[Accuracy]:
     """VOC mAP@0.5 (all-point, continuous pixels) on the validation split of ``data`` (obj.data /
-    data.yaml), detections kept down to 0.005: plain float32 model, fast fp32, fast auto precision."""
+    data.yaml), detections kept down to 0.005: plain float32 model, fast fp32, fast auto precision
+    and, with ``int8`` (and onnxruntime installed), the int8 ONNX file calibrated on up to 200
+    images of the training split."""
     from detkit.engine.evaluate import load_yolo_gt, prepare_tables
     from detkit.engine.loading import load_model
     from detkit.engine.predict import Predictor
@@ -283,14 +320,25 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
 
     gt = load_yolo_gt(data)
     model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
-    paths = [
+    paths: list[tuple[str, dict]] = [
         ("plain fp32 (no folding)", dict(fast=False)),
         ("fast fp32", dict(fast=True, precision="fp32")),
         ("fast auto (detect's default)", dict(fast=True, precision="auto")),
     ]
+    tmp = tempfile.TemporaryDirectory(prefix="detkit-bench-int8-")
+    if int8 and onnxruntime_available():
+        from detkit.data.datafiles import load_data_config
+        from detkit.engine.onnxrt import OnnxModel
+
+        train = load_data_config(data).train
+        if train:
+            path, note = build_int8(model, list(train), Path(tmp.name), size, max_images=200)
+            paths.append((f"int8 ONNX, onnxruntime ({note.split(' (')[0]} of the training split)",
+                          dict(model=OnnxModel(path))))
     out = []
     for name, kw in paths:
-        pred = Predictor(copy.deepcopy(model), img_size=size, conf=0.005, nms=0.45, device="cpu", **kw)
+        runner = kw.pop("model", None) or copy.deepcopy(model)
+        pred = Predictor(runner, img_size=size, conf=0.005, nms=0.45, device="cpu", **kw)
         info = getattr(pred.model, "fast_info", None)
         if info is not None:
             name = f"{name} ({info.describe()})"
@@ -308,6 +356,7 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
         g, d_, _ = prepare_tables(gt, dt, False, "voc")
         rep = evaluate(g, d_, gt.class_names, metric="voc", iou_threshold=0.5, conf_threshold=0.25)
         out.append(Accuracy(name, float(rep.map), len(gt.image_files), len(dt.scores)))
+    tmp.cleanup()
     return out
 
 
