@@ -82,6 +82,9 @@ class OnnxModel(nn.Module):
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only: its "initializer in the graph inputs" notes are noise
+        # no spin-waiting between runs: the idle pool would steal the cores from the image decoding
+        # threads that work between batches (and from PyTorch's/OpenCV's pools in the same process)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for every bad file
