@@ -390,6 +390,19 @@ def test_benchmark_command_smoke(tmp_path, capsys):
     timed = [r for r in res["latency"] if r["median_ms"] is not None]
     assert len(timed) >= 7 and all(r["median_ms"] > 0 for r in timed)
     assert any("onnx-int8" in r["name"] for r in timed)
+    floor = res["compute_floor"]
+    assert floor["conv_gflop"] > 0 and floor["fp32_floor_ms"] > 0 and floor["bf16_gemm_gflops"] > 0
+
+
+def test_conv_gflop_matches_darknet_count():
+    """yolov3-tiny at 416: darknet prints 5.571 BFLOPs of which 0.006 are its maxpools."""
+    from detkit.darknet.cfg import resolve_cfg
+    from detkit.darknet.specs import conv_gflop, parse_network
+
+    spec = parse_network(*resolve_cfg("yolov3-tiny"))
+    assert conv_gflop(spec, (416, 416)) == pytest.approx(5.564961792, abs=1e-9)
+    # the 1x1 head conv alone at 13x13: 2 * 255 * 512 * 169 flops
+    assert conv_gflop(spec, (32, 32)) == pytest.approx(5.564961792 / 169, rel=1e-9)
 
 
 @pytest.mark.slow

@@ -107,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"| {t.name} | {t.median:.1f} | {t.best:.1f} | {t.median / ref:.2f}x | {t.note} |")
         print("\nTargets: fast path <= 0.40x, plain fp32 <= 0.70x OpenCV DNN's latency. The int8 file "
               "(detkit export --format onnx-int8) is calibrated on the end-to-end images.\n")
+        floor = bm.compute_floor(cfg, args.size)
+        print(f"Compute floor: {floor['conv_gflop']:.3f} GFLOP of convolutions per image; this machine's "
+              f"{args.threads}-thread matmul peak is {floor['fp32_gemm_gflops']:.0f} GFLOPS in fp32 and "
+              f"{floor['bf16_gemm_gflops']:.0f} in bf16, so computing every convolution directly takes at least "
+              f"{floor['fp32_floor_ms']:.1f} ms in fp32 ({floor['fp32_floor_ms'] / ref:.2f}x OpenCV DNN's median) "
+              f"and {floor['bf16_floor_ms']:.1f} ms in bf16 ({floor['bf16_floor_ms'] / ref:.2f}x).\n")
+        results["compute_floor"] = floor
         results["latency"] = [{"name": t.name, "median_ms": t.median if t.times_ms else None,
                                "best_ms": t.best if t.times_ms else None, "note": t.note,
                                "ratio_to_opencv": t.median / ref if t.times_ms else None} for t in timings]

@@ -131,7 +131,7 @@ def _write_cfg(out: Path, text: str, source: str) -> None:
 def format_layer_table(spec, size: tuple[int, int]) -> str:
     """The ``--check`` table: one row per layer and the totals (darknet-style BFLOPs)."""
     from detkit.darknet.specs import (
-        ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, infer_shapes,
+        ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, conv_flops, infer_shapes,
     )
 
     width, height = size
@@ -150,7 +150,7 @@ def format_layer_table(spec, size: tuple[int, int]) -> str:
             size_stride = f"{layer.size}x{layer.size}/{layer.stride}"
             n_weights = layer.filters * (prev[0] // layer.groups) * layer.size * layer.size
             params = n_weights + (2 if layer.batch_normalize else 1) * layer.filters
-            flops = 2.0 * n_weights * out[1] * out[2] / 1e9  # darknet: 2 * nweights * out_h * out_w
+            flops = conv_flops(layer, prev[0], out[1], out[2]) / 1e9
             kind = f"conv {layer.activation}" + (" bn" if layer.batch_normalize else "")
         elif isinstance(layer, MaxPoolSpec):
             size_stride = f"{layer.size}x{layer.size}/{layer.stride}"

@@ -532,6 +532,24 @@ def _check_yolo_outputs_unused(layers: list[LayerSpec]) -> None:
                            path=layer.source, line=layer.line)
 
 
+def conv_flops(layer: "ConvSpec", in_channels: int, out_h: int, out_w: int) -> float:
+    """Floating-point operations of one ``[convolutional]`` as darknet counts them (a multiply and
+    an add per weight and output pixel: ``2 * weights * out_h * out_w``)."""
+    return 2.0 * layer.filters * (in_channels // layer.groups) * layer.size * layer.size * out_h * out_w
+
+
+def conv_gflop(spec: "NetworkSpec", size: tuple[int, int]) -> float:
+    """Total convolution GFLOP of the network at input ``(W, H)`` (darknet's count)."""
+    w, h = size
+    shapes = infer_shapes(spec, (spec.net.channels, h, w))
+    total, prev = 0.0, (spec.net.channels, h, w)
+    for layer, out in zip(spec.layers, shapes):
+        if isinstance(layer, ConvSpec):
+            total += conv_flops(layer, prev[0], out[1], out[2])
+        prev = out
+    return total / 1e9
+
+
 def infer_shapes(spec: NetworkSpec, input_chw: tuple[int, int, int] | None = None) -> list[tuple[int, int, int]]:
     """Output shape ``(C, H, W)`` of every layer for an input of ``input_chw`` (default: the net's).
 

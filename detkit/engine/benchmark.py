@@ -360,6 +360,38 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
     return out
 
 
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 6) -> float:
+    """Sustained ``n x n`` matmul GFLOPS at torch's thread count (best of ``repeats``): the ceiling
+    for a convolution computed directly (im2col / GEMM-like kernels) in ``dtype`` on this machine."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    best = float("inf")
+    with torch.inference_mode():
+        a @ b
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def compute_floor(cfg: str, size: int) -> dict[str, float]:
+    """The network's convolution GFLOP at ``size`` and, per dtype, this machine's matmul GFLOPS and
+    the resulting floor in ms for any implementation that computes every convolution directly."""
+    from detkit.darknet.cfg import resolve_cfg
+    from detkit.darknet.specs import conv_gflop, parse_network
+
+    text, source = resolve_cfg(cfg)
+    gflop = conv_gflop(parse_network(text, source), (size, size))
+    out = {"conv_gflop": gflop}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peak = gemm_gflops(dt)
+        out[f"{name}_gemm_gflops"] = peak
+        out[f"{name}_floor_ms"] = gflop / peak * 1000.0
+    return out
+
+
 def default_shared() -> Path:
     """``../shared`` next to the repository (where the project's real data lives), if present."""
     return Path(__file__).resolve().parents[2].parent / "shared"
