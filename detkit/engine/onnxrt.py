@@ -138,10 +138,17 @@ class OnnxModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` float in [0, 1] (any memory format) -> ``(N, R, 5 + C)`` float32 (CPU)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, self.net.height, self.net.width):
-            raise ValueError(f"{self.path.name} takes (N, {self.in_channels}, {self.net.height}, {self.net.width}) "
-                             f"(exported size {self.net.width}x{self.net.height}), got {tuple(x.shape)}")
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.forward_numpy(arr))
+
+    def forward_numpy(self, arr: np.ndarray) -> np.ndarray:
+        """The same on numpy: C-contiguous float32 ``(N, C, H, W)`` -> float32 ``(N, R, 5 + C)``.
+        The Predictor calls this directly (no PyTorch op, so no OpenMP pool wakes up beside
+        onnxruntime's)."""
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != (self.in_channels, self.net.height, self.net.width):
+            raise ValueError(f"{self.path.name} takes (N, {self.in_channels}, {self.net.height}, {self.net.width}) "
+                             f"(exported size {self.net.width}x{self.net.height}), got {tuple(arr.shape)}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
         if self.fixed_batch is None or self.fixed_batch == arr.shape[0]:
             out = self._session.run(None, {self._input_name: arr})[0]
         elif self.fixed_batch == 1:
@@ -149,4 +156,4 @@ class OnnxModel(nn.Module):
                                   for i in range(arr.shape[0])])
         else:
             raise ValueError(f"{self.path.name} was exported for batch {self.fixed_batch}, got {arr.shape[0]}")
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return np.asarray(out, dtype=np.float32)

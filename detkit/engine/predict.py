@@ -216,6 +216,10 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, batch: list[np.ndarray], transforms: list[InputTransform]) -> list[Detections]:
+        if hasattr(self.model, "forward_numpy"):  # onnxruntime: the input is made in numpy
+            pred = torch.from_numpy(self.model.forward_numpy(_nchw_float(batch)))
+            dets = postprocess(pred, self.conf, self.nms, self.max_det)
+            return [t.to_original(d) for t, d in zip(transforms, dets)]
         x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8 or float [0, 1]
         x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last in memory (no copy)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # [0, 1], layout kept
@@ -313,6 +317,18 @@ class Predictor:
                 for (frame, _, _), det in zip(batch, dets):
                     yield frame, det
         self.last_stats = clock.stats()
+
+
+def _nchw_float(batch: list[np.ndarray]) -> np.ndarray:
+    """(H, W, C) uint8 (or float in [0, 1]) images -> C-contiguous float32 (N, C, H, W) in [0, 1],
+    in one pass (same values as the PyTorch path's ``x.float() / 255``)."""
+    x = np.stack(batch)
+    out = np.empty((x.shape[0], x.shape[3], x.shape[1], x.shape[2]), np.float32)
+    if x.dtype == np.uint8:
+        np.divide(x.transpose(0, 3, 1, 2), np.float32(255.0), out=out)
+    else:
+        out[...] = x.transpose(0, 3, 1, 2)
+    return out
 
 
 class _Clock:
