@@ -343,3 +343,23 @@ def test_real_coco_int8_finds_the_dog_jpg_objects(tmp_path):
     found = {names[int(c)] for c in got.class_ids}
     assert {"dog", "car", "truck", "bicycle"} <= found
     assert matched >= len(ref.boxes) - 1  # at most one borderline detection moves
+
+
+@pytest.mark.parametrize("letterbox", [True, False])
+def test_predictor_runs_an_onnx_file_like_the_pytorch_model(quantised, tmp_path, letterbox):
+    """The Predictor's numpy input path for onnxruntime (uint8 letterbox / float darknet resize ->
+    NCHW float) gives the PyTorch path's detections: a float32 export must match them exactly."""
+    from detkit.data.images import read_image
+    from detkit.engine.predict import Predictor
+
+    model, _, calib = quantised
+    path = export_onnx(model, tmp_path / "fp32.onnx", (96, 64), dynamic_batch=True).path
+    imgs = [read_image(p) for p in calib[:5]]
+    ref = Predictor(model, img_size=(96, 64), conf=0.05, letterbox=letterbox).predict(imgs)
+    got = Predictor(OnnxModel(path), conf=0.05, letterbox=letterbox).predict(imgs)
+    assert sum(len(d) for d in ref) > 0
+    for r, g in zip(ref, got):
+        assert len(r) == len(g)
+        np.testing.assert_allclose(g.boxes, r.boxes, atol=2e-3)
+        np.testing.assert_allclose(g.scores, r.scores, atol=1e-5)
+        np.testing.assert_array_equal(g.class_ids, r.class_ids)
