@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=5, help="latency warm-up calls per contender (default 5)")
     p.add_argument("--iters", type=int, default=30, help="timed latency calls per contender (default 30)")
     p.add_argument("--e2e-batch", type=int, default=8, help="detkit detect --batch in the end-to-end run (default 8)")
+    p.add_argument("--e2e-rounds", type=int, default=3,
+                   help="interleaved end-to-end rounds; the table shows each pipeline's median run (default 3)")
     p.add_argument("--compile", action="store_true", help="also time the fast paths under torch.compile (slow start)")
     p.add_argument("--pytorchyolo-path", default=None,
                    help="folder holding the pytorchyolo package (pip install --no-deps --target DIR pytorchyolo)")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(weights).is_file():
         raise WeightsError("weights file not found (pass --weights)", path=weights)
     if args.quick:
-        args.warmup, args.iters, args.limit = 1, 3, min(args.limit, 20)
+        args.warmup, args.iters, args.limit, args.e2e_rounds = 1, 3, min(args.limit, 20), 1
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -125,27 +127,34 @@ def run(args: argparse.Namespace) -> int:
             raise DataError("no images in the folder", path=folder)
         if not Path(names).is_file():
             raise DataError("names file not found (pass --names)", path=names)
-        runs = []
+        rounds = max(1, args.e2e_rounds)
+        by_name: dict[str, list] = {}
         with bm.temp_dir() as tmp:
-            _say(f"end-to-end: OpenCV DNN loop over {len(images)} images")
-            runs.append(bm.end_to_end_opencv(cfg, weights, images, Path(tmp) / "opencv.json", args.size))
-            _say("end-to-end: detkit detect (fast path, default)")
-            runs.append(bm.end_to_end_detkit(cfg, weights, names, images, Path(tmp) / "fast", args.size,
-                                             args.e2e_batch, label="detkit detect (fast path, default)"))
-            _say("end-to-end: detkit detect --no-fast")
-            runs.append(bm.end_to_end_detkit(cfg, weights, names, images, Path(tmp) / "plain", args.size,
-                                             args.e2e_batch, extra=("--no-fast",),
-                                             label="detkit detect --no-fast (plain fp32)"))
+            contenders = [
+                ("OpenCV DNN loop", lambda k: bm.end_to_end_opencv(cfg, weights, images, Path(tmp) / f"cv{k}.json",
+                                                                   args.size)),
+                ("detkit detect (fast path, default)", lambda k: bm.end_to_end_detkit(
+                    cfg, weights, names, images, Path(tmp) / f"fast{k}", args.size, args.e2e_batch,
+                    label="detkit detect (fast path, default)")),
+                ("detkit detect --no-fast", lambda k: bm.end_to_end_detkit(
+                    cfg, weights, names, images, Path(tmp) / f"plain{k}", args.size, args.e2e_batch,
+                    extra=("--no-fast",), label="detkit detect --no-fast (plain fp32)")),
+            ]
             if int8:
-                _say("end-to-end: quantising the int8 ONNX file (not timed: a one-time export), then detkit detect")
+                _say("end-to-end: quantising the int8 ONNX file (a one-time export, not timed)")
                 model, _ = load_model(cfg, weights, checkpoints=False, purpose="the benchmark")
                 int8_path, note = bm.build_int8(model, images, Path(tmp), args.size)
-                run8 = bm.end_to_end_detkit(cfg, str(int8_path), names, images, Path(tmp) / "int8", args.size,
-                                            args.e2e_batch, label="detkit detect --weights int8.onnx (onnxruntime)")
-                runs.append(bm.Throughput(run8.name, run8.images, run8.seconds, run8.detections,
-                                          f"{note}; {run8.note}"))
+                contenders.append(("detkit detect --weights int8.onnx", lambda k: bm.end_to_end_detkit(
+                    cfg, str(int8_path), names, images, Path(tmp) / f"int8{k}", args.size, args.e2e_batch,
+                    label=f"detkit detect --weights int8.onnx (onnxruntime; {note})")))
+            for k in range(rounds):  # interleaved rounds: a change of load hits every pipeline alike
+                for name, fn in contenders:
+                    _say(f"end-to-end round {k + 1}/{rounds}: {name} over {len(images)} images")
+                    by_name.setdefault(name, []).append(fn(k))
+        runs = [sorted(rs, key=lambda r: r.seconds)[len(rs) // 2] for rs in by_name.values()]  # median run
         ref = runs[0].images_per_s
-        print(f"## End to end: {len(images)} images from `{folder}` -> JSON (model loading included)\n")
+        print(f"## End to end: {len(images)} images from `{folder}` -> JSON (model loading included; "
+              f"median of {rounds} interleaved round(s))\n")
         print("| pipeline | seconds | images/s | x OpenCV DNN images/s | detections | note |")
         print("|---|---:|---:|---:|---:|---|")
         for r in runs:
