@@ -178,7 +178,7 @@ def test_int8_heads_and_first_layers_options(quantised, tmp_path):
     ops = [n.op_type for n in onnx.load(str(res.path)).graph.node]
     assert ops.count("QLinearConv") == 13 and "Conv" not in ops and res.fp32_layers == ()
     res2 = quantize_int8(model, tmp_path / "first.onnx", calib[:3], img_size=(96, 64), fp32_first=2)
-    assert res2.fp32_layers == (0, 2, 15, 22) and res2.quantized_convs == 9
+    assert res2.fp32_layers == (0, 1, 2, 3, 15, 22) and res2.quantized_convs == 9  # convs 0, 2 + their maxpools
     assert nodes_to_keep_float(["/layers.3/conv/Conv", "/decoders.0/Exp", "/Concat", "/model/layers.15/Conv"],
                                [15]) == ["/decoders.0/Exp", "/Concat", "/model/layers.15/Conv"]
     with pytest.raises(ValueError, match="fp32_first"):

@@ -64,13 +64,17 @@ class QuantizeResult:
 
 
 def fp32_layer_indices(model: DarknetModel, fp32_first: int = 0, fp32_heads: bool = True) -> tuple[int, ...]:
-    """Layer indices of the convs that stay float32: the first ``fp32_first`` convs and, with
-    ``fp32_heads``, the convs feeding a yolo layer."""
+    """Layer indices that stay float32: the first ``fp32_first`` convs with the layers between
+    them and the next conv (e.g. a maxpool) and, with ``fp32_heads``, the convs feeding a yolo
+    layer."""
     if fp32_first < 0:
         raise ValueError(f"fp32_first must be >= 0, got {fp32_first}")
     layers = list(model.layers)
     convs = [i for i, m in enumerate(layers) if isinstance(m, ConvLayer)]
-    keep = set(convs[:fp32_first])
+    # the first fp32_first convs and everything up to the next conv (their pooling): a float
+    # layer between two int8 ones would cost a dequantise + quantise and a layout change
+    end = convs[fp32_first] if fp32_first < len(convs) else len(layers)
+    keep = set(range(end)) if fp32_first > 0 else set()
     if fp32_heads:
         keep |= head_conv_indices(layers)
     return tuple(sorted(keep))
