@@ -141,7 +141,7 @@ def test_quantised_graph_keeps_decode_and_heads_float(quantised):
     assert not any(n.op_type.startswith("QLinear") and "decoders" in n.name for n in g.node)
     meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
     assert meta["detkit.precision"] == "int8" and meta["detkit.fp32_layers"] == "15,22"
-    assert meta["detkit.calibration"].startswith("12 images (minmax")
+    assert meta["detkit.calibration"].startswith("12 images (average")
     assert res.calibration_images == 12 and res.dynamic_batch and res.img_size == (96, 64)
 
 
@@ -183,6 +183,28 @@ def test_int8_heads_and_first_layers_options(quantised, tmp_path):
                                [15]) == ["/decoders.0/Exp", "/Concat", "/model/layers.15/Conv"]
     with pytest.raises(ValueError, match="fp32_first"):
         fp32_layer_indices(model, -1)
+
+
+def test_average_ranges_lie_within_the_global_minmax(quantised, tmp_path):
+    """``average`` (mean of each image's min/max, the default) never widens an activation range
+    beyond the global min/max, and narrows some: per-tensor uint8 scales compared one by one."""
+    model, res, calib = quantised
+    mm = quantize_int8(model, tmp_path / "minmax.onnx", calib, img_size=(96, 64), method="minmax")
+
+    def act_scales(path):
+        from onnx import numpy_helper
+
+        inits = onnx.load(str(path)).graph.initializer
+        return {i.name: float(numpy_helper.to_array(i)) for i in inits
+                if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1}
+
+    avg, glob = act_scales(res.path), act_scales(mm.path)
+    common = sorted(set(avg) & set(glob))
+    assert len(common) >= 10
+    assert all(avg[k] <= glob[k] * (1 + 1e-6) for k in common)
+    assert sum(avg[k] < glob[k] * 0.99 for k in common) >= 3
+    with pytest.raises(ValueError, match="calibration method must be one of average, minmax"):
+        quantize_int8(model, tmp_path / "x.onnx", calib, img_size=(96, 64), method="kl")
 
 
 def test_fixed_batch_file_runs_any_batch_one_image_at_a_time(quantised, tmp_path):
@@ -337,12 +359,15 @@ def test_real_coco_int8_finds_the_dog_jpg_objects(tmp_path):
         iou = box_iou(torch.as_tensor(np.asarray(box)[None], dtype=torch.float64),
                       torch.as_tensor(np.asarray(got.boxes[same]), dtype=torch.float64)).numpy()[0]
         k = int(iou.argmax())
-        if iou[k] >= 0.8 and abs(float(got.scores[same][k]) - float(score)) < 0.1:
+        # the car/truck pair sharing one box trades a little score between its two classes
+        if iou[k] >= 0.8 and abs(float(got.scores[same][k]) - float(score)) < 0.15:
             matched += 1
     names = (SHARED / "weights" / "coco.names").read_text().split("\n")
     found = {names[int(c)] for c in got.class_ids}
     assert {"dog", "car", "truck", "bicycle"} <= found
-    assert matched >= len(ref.boxes) - 1  # at most one borderline detection moves
+    assert len(ref.boxes) >= 6 and matched == len(ref.boxes)
+    dog = int(np.flatnonzero(got.class_ids == 16)[0])
+    assert abs(float(got.scores[dog]) - float(ref.scores[ref.class_ids == 16][0])) < 0.05
 
 
 @pytest.mark.parametrize("letterbox", [True, False])

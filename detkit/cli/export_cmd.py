@@ -40,8 +40,9 @@ def add_parser(subparsers) -> None:
                         "split); images like the ones the model will see")
     q.add_argument("--calib-images", type=int, default=None,
                    help="use at most this many calibration images (default 200)")
-    q.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default="minmax",
-                   help="activation range estimator (default minmax)")
+    q.add_argument("--calib-method", choices=("average", "minmax", "percentile", "entropy"), default="average",
+                   help="activation ranges: average = mean of each image's min/max (default), minmax = global "
+                        "min/max, percentile, entropy")
     q.add_argument("--fp32-first", type=int, default=0,
                    help="keep the first N convolutions float32 (default 0)")
     q.add_argument("--int8-heads", action="store_true",
