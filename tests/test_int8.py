@@ -296,7 +296,7 @@ def test_cli_export_int8_detect_and_eval(tiny, tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
 
 
-def test_cli_int8_errors(tiny, tmp_path, capsys):
+def test_cli_int8_errors(tiny, tmp_path, capsys, caplog):
     folder, model, images = tiny
     base = ["export", "--cfg", str(folder / "tiny.cfg"), "--weights", str(folder / "tiny.weights"),
             "--format", "onnx-int8", "-o", str(tmp_path / "x.onnx")]
@@ -328,6 +328,10 @@ def test_cli_int8_errors(tiny, tmp_path, capsys):
     assert main(["detect", "--weights", str(folder / "tiny.weights"), "--names", str(folder / "two.names"),
                  "--source", str(images[0]), "--out", str(tmp_path / "d3")]) == 1
     assert "--cfg is required" in capsys.readouterr().err
+    # a letterbox-calibrated file run with --resize works, with a warning naming the mismatch
+    assert main(["detect", "--weights", str(onnx_path), "--names", str(folder / "two.names"), "--source",
+                 str(images[0]), "--out", str(tmp_path / "d4"), "--no-images", "--resize"]) == 0
+    assert "was calibrated on letterbox inputs but detect runs resize" in caplog.text
 
 
 # ------------------------------------------------------------------------------------ real data

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, weights: Path, names: list[str]):
     """The model to run: an ``.onnx`` file through onnxruntime, else cfg + darknet weights."""
     from detkit.engine.loading import load_model, load_onnx_model
-    from detkit.engine.onnxrt import is_onnx_file
+    from detkit.engine.onnxrt import META_RESIZE, is_onnx_file
 
     if is_onnx_file(weights):
         if args.cfg:
@@ -185,7 +185,13 @@ def _load(args: argparse.Namespace, weights: Path, names: list[str]):
             log.warning("--no-fast/--precision do not apply to an .onnx model (it runs as exported)")
         if args.compile:
             raise DataError("--compile applies to the PyTorch fast path, not to an .onnx model")
-        return load_onnx_model(weights, len(names), names_file=args.names)
+        model = load_onnx_model(weights, len(names), names_file=args.names)
+        calibrated = model.metadata.get(META_RESIZE)
+        running = "resize" if args.resize else "letterbox"
+        if calibrated and calibrated != running:
+            log.warning("%s was calibrated on %s inputs but detect runs %s (%s --resize to match)", weights,
+                        calibrated, running, "drop" if args.resize else "add")
+        return model
     if not args.cfg:
         raise DataError("--cfg is required (unless --weights is an .onnx model)")
     model, _ = load_model(args.cfg, weights, len(names), checkpoints=False, purpose="detection",
