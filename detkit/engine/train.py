@@ -9,26 +9,30 @@ Exact resume: augmentation randomness is derived from ``(seed, epoch, index)`` b
 the order of each epoch from ``(seed, epoch)``, and the checkpoint holds model, EMA, optimizer,
 scaler, scheduler, step, the position inside the epoch and the RNG states — so ``--resume`` runs
 reproduce the loss curve of an uninterrupted run.
+
+The pieces around the loop live in their own modules (names kept importable from here):
+
+* :mod:`detkit.engine.train_settings` — :class:`TrainSettings`, :func:`resolve_settings`, :func:`resume_settings`;
+* :mod:`detkit.engine.train_helpers` — seeding, parameter groups, frozen layers, head priors, EMA defaults,
+  class loss weights;
+* :mod:`detkit.engine.train_outputs` — run folder, ``results.csv``, ``results.png``, memory figure;
+* :mod:`detkit.engine.train_validate` — validation mAP@0.5;
+* :mod:`detkit.engine.train_types` — :class:`StepInfo`, :class:`TrainHooks`, :class:`TrainResult`.
+
+This module holds the :class:`Trainer` loop and the :func:`train` entry point.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
 import logging
 import math
 import os
-import random
 import sys
 import time
-from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -39,364 +43,28 @@ from detkit.engine.distributed import (DistInfo, all_finite, barrier, broadcast_
                                        dist_info_from_env, init_distributed, resolve_device)
 from detkit.engine.ema import ModelEMA
 from detkit.engine.loading import load_model
-from detkit.engine.schedule import POLICIES, LRScheduler, ScheduleConfig
-from detkit.yolo.loss import BOX_LOSSES, LossConfig, YoloLoss
+from detkit.engine.schedule import LRScheduler, ScheduleConfig
+from detkit.engine.train_helpers import (_class_weight_tuple, ema_defaults, freeze_layers, init_head_priors,
+                                         param_groups, seed_everything, set_train_mode)
+from detkit.engine.train_outputs import RESULT_COLUMNS, _memory_text, next_run_dir, save_plots, write_results_csv
+from detkit.engine.train_settings import (AMP_DTYPES, DEFAULT_TRAIN_BATCH, TrainSettings, resolve_settings,
+                                          resume_settings)
+from detkit.engine.train_types import StepInfo, TrainHooks, TrainResult
+from detkit.engine.train_validate import validate
+from detkit.yolo.loss import LossConfig, YoloLoss
+
+__all__ = [
+    "AMP_DTYPES", "BURN_IN_MAX_FRACTION", "DEFAULT_TRAIN_BATCH", "RESULT_COLUMNS",
+    "StepInfo", "TrainHooks", "TrainResult", "TrainSettings", "Trainer",
+    "ema_defaults", "freeze_layers", "init_head_priors", "next_run_dir", "param_groups", "resolve_settings",
+    "resume_settings", "save_plots", "seed_everything", "set_train_mode", "train", "validate",
+    "write_results_csv",
+]
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: cfgs ship with the testing [net] (batch=1); training then uses this batch instead
-DEFAULT_TRAIN_BATCH = 16
 #: burn-in is capped to this fraction of the run (the cfg's 1000 steps exceed short fine-tunes)
 BURN_IN_MAX_FRACTION = 0.1
-
-
-# --------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything a run depends on, resolved from the cfg's ``[net]`` and CLI overrides.
-
-    Saved as ``settings.json`` in the run folder and inside every checkpoint. Step counts
-    (``burn_in``) are optimizer steps; ``steps`` are fractions of the run's total steps.
-    """
-
-    cfg: str
-    data: str
-    num_classes: int
-    out: str
-    weights: str | None = None
-    cutoff: int | None = None
-    freeze: int = 0
-    epochs: int = 30
-    batch: int = DEFAULT_TRAIN_BATCH
-    subdivisions: int = 1
-    img_size: tuple[int, int] = (416, 416)
-    device: str = "auto"
-    amp: bool = True
-    amp_dtype: str = "bf16"
-    workers: int = 2
-    seed: int = 0
-    lr: float = 0.001
-    momentum: float = 0.9
-    decay: float = 0.0005
-    nesterov: bool = False
-    burn_in: int = 0
-    policy: str = "steps"
-    steps: tuple[float, ...] = (0.8, 0.9)
-    scales: tuple[float, ...] = (0.1, 0.1)
-    hue: float = 0.1
-    saturation: float = 1.5
-    exposure: float = 1.5
-    flip: bool = True
-    jitter: float = 0.3
-    mosaic: bool = False
-    box_loss: str = "darknet"
-    class_weights: bool = False
-    balanced_sampler: bool = False
-    ema: bool = True
-    ema_decay: float | None = None
-    ema_tau: float | None = None
-    grad_clip: float | None = None
-    channels_last: bool = True
-    tensorboard: bool = False
-    val_conf_thres: float = 0.005
-    val_nms_thres: float = 0.45
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    progress: bool = True
-    plots: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
-            (self.subdivisions >= 1, f"subdivisions must be >= 1, got {self.subdivisions}"),
-            (self.batch % self.subdivisions == 0,
-             f"batch ({self.batch}) must be a multiple of subdivisions ({self.subdivisions})"),
-            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
-            (self.freeze >= 0, f"freeze must be >= 0, got {self.freeze}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (self.amp_dtype in AMP_DTYPES, f"amp dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}"),
-            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
-            (self.box_loss in BOX_LOSSES, f"box loss must be one of {', '.join(BOX_LOSSES)}, got {self.box_loss!r}"),
-            (len(self.steps) == len(self.scales), f"{len(self.steps)} steps but {len(self.scales)} scales"),
-            (self.num_classes >= 1, f"classes must be >= 1, got {self.num_classes}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TrainError(message)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_json_dict(cls, d: Mapping[str, Any]) -> "TrainSettings":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise TrainError(f"unknown settings in checkpoint/settings.json: {', '.join(unknown)}")
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-        return cls(**kw)
-
-
-def resolve_settings(cfg: str, data: str, num_classes: int, out: str, **overrides: Any) -> TrainSettings:
-    """Defaults from the cfg's ``[net]`` (and ``[yolo] jitter``), then ``overrides`` (None = keep).
-
-    * ``batch``/``subdivisions``: the cfg's, except the shipped testing values (batch=1), which
-      become ``batch=16, subdivisions=1``;
-    * ``steps`` are converted to fractions of the cfg's ``max_batches`` (darknet's 400000,450000
-      of 500200 -> 0.8, 0.9) and applied to this run's length;
-    * ``burn_in`` is the cfg's, capped to 10% of the run (computed at start, when its length is known)
-      unless given explicitly.
-    """
-    from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import parse_network
-
-    text, source = resolve_cfg(cfg)
-    spec = parse_network(text, source)
-    net = spec.net
-    jitters = [layer.jitter for layer in spec.layers if getattr(layer, "type", "") == "yolo"]
-    base: dict[str, Any] = {
-        "batch": net.batch if net.batch > 1 else DEFAULT_TRAIN_BATCH,
-        "subdivisions": net.subdivisions if net.batch > 1 else 1,
-        "img_size": (net.width, net.height),
-        "lr": net.learning_rate, "momentum": net.momentum, "decay": net.decay,
-        "burn_in": -net.burn_in,  # negative: the cfg burn-in, capped to the run length at start
-        "policy": net.policy if net.policy in POLICIES else "steps",
-        "hue": net.hue, "saturation": net.saturation, "exposure": net.exposure, "flip": bool(net.flip),
-        "jitter": min(max(jitters), 0.49) if jitters else 0.0,
-        "mosaic": bool(net.mosaic),
-    }
-    if net.policy == "steps" and net.steps and net.max_batches > 0:
-        base["steps"] = tuple(min(1.0, s / net.max_batches) for s in net.steps)
-        base["scales"] = tuple(net.scales[: len(net.steps)])
-    elif net.policy not in POLICIES:
-        log.warning("%s: [net] policy=%s is not supported; using steps at 80%%/90%% of the run", source, net.policy)
-    for k, v in overrides.items():
-        if v is not None:
-            base[k] = v
-    if base["batch"] % base["subdivisions"]:
-        raise TrainError(f"batch ({base['batch']}) must be a multiple of subdivisions ({base['subdivisions']})")
-    return TrainSettings(cfg=str(cfg), data=str(data), num_classes=int(num_classes), out=str(out), **base)
-
-
-# ----------------------------------------------------------------------------------- hooks/result
-@dataclass(frozen=True)
-class StepInfo:
-    """Passed to ``TrainHooks.on_step`` after every optimizer step."""
-
-    epoch: int
-    step: int
-    loss: float
-    lr: float
-    model: nn.Module
-
-
-@dataclass(frozen=True)
-class TrainHooks:
-    """Optional callbacks (tests inject interrupts and faults through them)."""
-
-    on_step: Callable[[StepInfo], None] | None = None
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Outcome of :func:`train`. ``history`` holds one dict per completed epoch (results.csv rows)."""
-
-    run_dir: Path
-    epochs_completed: int
-    steps: int
-    best_map: float
-    best_epoch: int
-    interrupted: bool
-    last_checkpoint: Path
-    best_checkpoint: Path | None
-    best_weights: Path | None
-    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    loss_trace: tuple[float, ...] = field(default_factory=tuple)
-
-
-RESULT_COLUMNS = ("epoch", "step", "box", "obj", "cls", "loss", "lr", "mAP50", "images", "img_per_s",
-                  "data_wait", "time_s")
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def next_run_dir(out: str | os.PathLike) -> Path:
-    """``out`` if it is new or empty, else ``out2``, ``out3``, ... (never overwrites a run)."""
-    base = Path(out)
-    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
-        return base
-    n = 2
-    while True:
-        cand = base.with_name(f"{base.name}{n}")
-        if not cand.exists():
-            return cand
-        n += 1
-
-
-def param_groups(model: nn.Module, decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only; none on batch-norm parameters and biases."""
-    with_decay, without = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == "weight" and not isinstance(module, nn.modules.batchnorm._BatchNorm) and p.ndim > 1:
-                with_decay.append(p)
-            else:
-                without.append(p)
-    return [{"params": with_decay, "weight_decay": decay}, {"params": without, "weight_decay": 0.0}]
-
-
-def freeze_layers(model: nn.Module, n: int) -> int:
-    """``requires_grad=False`` for the parameters of the first ``n`` cfg layers; returns how many tensors."""
-    count = 0
-    for layer in list(model.layers)[:n]:
-        for p in layer.parameters():
-            p.requires_grad_(False)
-            count += 1
-    return count
-
-
-def set_train_mode(model: nn.Module, frozen: int) -> None:
-    """Train mode, but frozen layers keep eval mode (their batch-norm statistics stay fixed)."""
-    model.train()
-    for layer in list(model.layers)[:frozen]:
-        layer.eval()
-
-
-@torch.no_grad()
-def init_head_priors(model: nn.Module, layer_indices: set[int] | None = None, prior: float = 0.01) -> None:
-    """Objectness bias of freshly initialised heads: ``log(p / (1 - p))`` (focal-loss prior) so that
-    the first steps are not dominated by thousands of confident background predictions; class biases
-    ``log(1 / C)``-ish. ``layer_indices``: conv layer indices to touch (None = every head conv)."""
-    layers = list(model.layers)
-    for i, layer in enumerate(layers):
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if nxt is None or nxt not in model.yolo_layers:
-            continue
-        if layer_indices is not None and i not in layer_indices:
-            continue
-        conv = getattr(layer, "conv", None)
-        if conv is None or conv.bias is None:
-            continue
-        a = nxt.num_anchors
-        bias = conv.bias.view(a, -1)  # (A, 5 + C)
-        bias[:, 4] = math.log(prior / (1 - prior))
-        bias[:, 5:] = math.log(0.6 / max(nxt.num_classes - 0.99, 1.0))
-
-
-def _memory_text(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}G"
-    try:
-        import resource  # not on Windows
-    except ImportError:
-        return "n/a"
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak resident set, KiB on Linux
-    return f"{rss_kb / 2 ** 20:.1f}G"
-
-
-def write_results_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in RESULT_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
-
-
-def save_plots(run_dir: Path, history: list[dict[str, Any]]) -> Path | None:
-    """``results.png``: loss components and validation mAP per epoch (matplotlib, Agg canvas)."""
-    if not history:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ep = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for key in ("loss", "box", "obj", "cls"):
-        ax1.plot(ep, [r[key] for r in history], marker="o", label=key)
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss (per image)"), ax1.set_yscale("log"), ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.plot(ep, [r["mAP50"] for r in history], marker="o", color="C4")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation mAP@0.5 (VOC all-point, EMA)"), ax2.set_ylim(0, 1)
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run_dir / "results.png"
-    tmp = run_dir / ".results.png.tmp"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
-
-
-def ema_defaults(total_steps: int) -> tuple[float, float]:
-    """EMA decay and ramp for a run of ``total_steps``: the average spans ~5% of the run
-    (``decay = 1 - 1 / (0.05 * total)``, clamped to [0.9, 0.9999]; ramp ``tau`` = that span, at most
-    2000). The usual 0.9999 would average a short fine-tune's whole history, initial weights included."""
-    span = max(10.0, 0.05 * total_steps)
-    return min(0.9999, max(0.9, 1.0 - 1.0 / span)), min(2000.0, span)
-
-
-def _class_weight_tuple(balance_objects: tuple[int, ...]) -> tuple[float, ...]:
-    """Loss weights per class: sqrt of inverse object frequency, normalised to mean 1 over present classes."""
-    counts = np.asarray(balance_objects, dtype=np.float64)
-    present = counts > 0
-    w = np.ones_like(counts)
-    if present.any():
-        w[present] = np.sqrt(counts[present].sum() / (present.sum() * counts[present]))
-        w[present] /= w[present].mean()
-    return tuple(float(v) for v in w)
-
-
-# -------------------------------------------------------------------------------------- validation
-@torch.no_grad()
-def validate(model: nn.Module, loader, class_names: list[str], device: torch.device, ctx,
-             conf_thres: float, nms_thres: float, channels_last: bool) -> float:
-    """VOC all-point mAP@0.5 of ``model`` on the validation loader (in network-input pixels; the
-    letterbox is a uniform scale + shift, so IoUs are those of the original images)."""
-    from detkit.metrics import ImageDets, ImageGT, evaluate
-    from detkit.yolo.postprocess import postprocess
-
-    was_training = model.training
-    model.eval()
-    gts, dets = [], []
-    try:
-        for images, targets, infos in loader:
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            h, w = images.shape[2:]
-            with ctx:
-                pred = model(images)
-            results = postprocess(pred.float(), conf_thres=conf_thres, nms_thres=nms_thres)
-            t = targets.numpy()
-            for i, (det, info) in enumerate(zip(results, infos)):
-                rows = t[t[:, 0] == i]
-                cx, cy, bw, bh = rows[:, 2] * w, rows[:, 3] * h, rows[:, 4] * w, rows[:, 5] * h
-                boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-                image_id = int(info["index"])
-                gts.append(ImageGT(image_id=image_id, boxes=boxes, labels=rows[:, 1].astype(np.int64),
-                                   difficult=np.zeros(len(rows), dtype=bool)))
-                dets.append(ImageDets(image_id=image_id, boxes=det.boxes, scores=det.scores, labels=det.class_ids))
-    finally:
-        model.train(was_training)
-    report = evaluate(gts, dets, class_names, metric="voc", iou_threshold=0.5)
-    value = float(report.map)
-    return 0.0 if math.isnan(value) else value
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -715,17 +383,6 @@ class Trainer:
             self.hooks.on_epoch_end(row)
         barrier(self.info)
 
-
-# ------------------------------------------------------------------------------------------- entry
-def resume_settings(run_dir: str | os.PathLike, epochs: int | None = None) -> tuple[TrainSettings, dict[str, Any]]:
-    """Settings and payload of ``RUN_DIR/last.pt`` (``epochs`` may extend the run)."""
-    run = Path(run_dir)
-    path = run / "last.pt" if run.is_dir() else run
-    payload = ckpt.load_checkpoint(path, map_location="cpu")
-    settings = TrainSettings.from_json_dict(payload["settings"])
-    if epochs is not None:
-        settings = dataclasses.replace(settings, epochs=int(epochs))
-    return settings, payload
 
 
 def train(settings: TrainSettings | None = None, *, resume: str | os.PathLike | None = None,
