@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detkit.engine import eval_preds as P  # home of the fast path (patched below)
 from detkit.engine import evaluate as E
 
 pytest.importorskip("msgspec")
@@ -44,7 +45,7 @@ CASES = [
 
 def _load(path: Path, gt, fast: bool, monkeypatch):
     if not fast:
-        monkeypatch.setattr(E, "_msgspec", None)
+        monkeypatch.setattr(P, "_msgspec", None)
     try:
         dt, _, _ = E.load_predictions(path, gt)
         return ("ok", dt.image_index.tobytes(), dt.boxes.tobytes(), dt.scores.tobytes(), dt.labels.tobytes())
@@ -80,14 +81,14 @@ def test_random_results_identical(tmp_path, monkeypatch):
     (tmp_path / "gt.json").write_text(json.dumps(GT))
     gt = E.load_ground_truth(tmp_path / "gt.json")
     (tmp_path / "dt.json").write_text(json.dumps(rows))
-    real_checked = E._results_columns_checked
+    real_checked = P._results_columns_checked
 
     def no_checked(*a, **k):
         raise AssertionError("clean results must not need the checked path")
 
-    monkeypatch.setattr(E, "_results_columns_checked", no_checked)
+    monkeypatch.setattr(P, "_results_columns_checked", no_checked)
     fast = _load(tmp_path / "dt.json", gt, True, monkeypatch)  # (undoes the patch)
-    assert E._results_columns_checked is real_checked
+    assert P._results_columns_checked is real_checked
     checked = _load(tmp_path / "dt.json", gt, False, monkeypatch)
     assert fast[0] == "ok" and fast == checked
     scores = np.frombuffer(fast[3], np.float64)
