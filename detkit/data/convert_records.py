@@ -1,0 +1,46 @@
+"""Internal records of one ``detkit convert-voc`` run, shared by the ``convert_*`` modules.
+
+* :class:`_Item`: one converted image while OUT is being built (paths, real size, YOLO rows);
+* :class:`_Log`: the warnings and skipped files that go into ``convert_report.json``;
+* ``log``: the engine's logger (named ``detkit.data.convert``, as before the modules were split).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger("detkit.data.convert")
+
+
+@dataclass
+class _Item:
+    """One converted image (internal, mutable while building)."""
+
+    xml_rel: str
+    image_rel: str
+    logical: str  # path used for the output name
+    group: str | None  # VOC year root (relative), None for labelImg layout
+    split_id: str  # ImageSets id (the XML stem)
+    width: int
+    height: int
+    objects: list[tuple[str, float, float, float, float]]  # class name, cx, cy, w, h (normalised)
+    difficult_names: list[str]
+
+
+class _Log:
+    """Collects warnings and skipped files for the report (paths relative to SRC)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[dict] = []
+        self.skipped: list[dict] = []
+
+    def warn(self, file: str, code: str, message: str, line: int | None = None) -> None:
+        entry = {"file": file, "code": code, "message": message}
+        if line is not None:
+            entry["line"] = line
+        self.warnings.append(entry)
+        log.debug("%s: %s", file, message)
+
+    def skip(self, file: str, code: str, reason: str) -> None:
+        self.skipped.append({"file": file, "code": code, "reason": reason})
+        log.debug("skipped %s: %s", file, reason)
