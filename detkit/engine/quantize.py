@@ -135,9 +135,6 @@ class _Calibration:
             return {self.input_name: x}
         return None
 
-    def rewind(self) -> None:  # part of onnxruntime's reader protocol in some versions
-        self.index = 0
-
 
 def quantize_int8(model: DarknetModel, path: str | os.PathLike, calibration: Sequence[str | os.PathLike],
                   img_size: tuple[int, int] | None = None, letterbox: bool = True, fp32_first: int = 0,
