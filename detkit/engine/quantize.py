@@ -176,10 +176,6 @@ def quantize_int8(model: DarknetModel, path: str | os.PathLike, calibration: Seq
     t0 = time.perf_counter()
     fp32_layers = fp32_layer_indices(model, fp32_first, fp32_heads)
     data, _ = onnx_bytes(model, size, dynamic_batch=dynamic_batch, opset=opset, maxpool_pad="edge")
-    proto = onnx.load_from_string(data)
-    exclude = nodes_to_keep_float([n.name for n in proto.graph.node], fp32_layers)
-    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    n_quant = sum(1 for c in convs if c not in set(exclude))
     reader = _Calibration(paths, (int(size[0]), int(size[1])), letterbox, INPUT_NAME, progress)
     calib = {"average": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method]
@@ -189,6 +185,9 @@ def quantize_int8(model: DarknetModel, path: str | os.PathLike, calibration: Seq
         raw.write_bytes(data)
         # shape inference + onnxruntime's graph optimisation (folds batch norm into the convs)
         quant_pre_process(str(raw), str(src), skip_symbolic_shape=True)
+        nodes = onnx.load(str(src)).graph.node  # names as the quantiser will see them
+        exclude = nodes_to_keep_float([n.name for n in nodes], fp32_layers)
+        n_quant = sum(1 for n in nodes if n.op_type == "Conv" and n.name not in set(exclude))
         try:
             quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QOperator, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calib,
