@@ -47,7 +47,6 @@ class OnnxInfo:
     threads: int
     runtime: str  # "onnxruntime 1.x"
     fixed_batch: int | None  # None: the file takes any batch size
-    dtype: str = ""  # FastInfo compatibility: the compute precision
 
     def describe(self) -> str:
         batch = "dynamic batch" if self.fixed_batch is None else f"batch {self.fixed_batch}"
@@ -111,8 +110,7 @@ class OnnxModel(nn.Module):
         meta = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata = meta
         precision = meta.get(META_PRECISION) or self._guess_precision(p)
-        self.fast_info = OnnxInfo(str(p), precision, threads, f"onnxruntime {ort.__version__}", self.fixed_batch,
-                                  dtype=precision)
+        self.fast_info = OnnxInfo(str(p), precision, threads, f"onnxruntime {ort.__version__}", self.fixed_batch)
         self.eval()
 
     @staticmethod
