@@ -27,6 +27,7 @@ import os
 import pickle
 import random
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ from detkit.errors import TrainError
 
 CHECKPOINT_FORMAT = "detkit-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def _torch_load(path: Path, map_location):
+    """``torch.load(weights_only=True)``, without torch's "Detected pickle protocol N" warning for
+    a corrupt file (the caller reports the file as unusable in its own words)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -118,7 +127,7 @@ def _other_good_checkpoint(path: Path) -> Path | None:
         if other == path or not other.is_file():
             continue
         try:
-            payload = torch.load(other, map_location="cpu", weights_only=True)
+            payload = _torch_load(other, "cpu")
         except Exception:  # noqa: BLE001 - any failure means "not a usable fallback"
             continue
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
@@ -138,7 +147,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise TrainError("checkpoint not found", path=path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = _torch_load(path, map_location)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
