@@ -15,7 +15,7 @@ import torch
 import detkit
 
 if TYPE_CHECKING:
-    from detkit.engine.train import TrainSettings
+    from detkit.train.settings import TrainSettings
 
 
 def tiny_cfg(classes: int = 2) -> str:
@@ -299,7 +299,7 @@ def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, seed: int = 0, si
 
 def mini_settings(tmp_path: Path, data: Path, **kw) -> TrainSettings:
     """Settings for a short CPU run of ``tmp_path/mini.cfg`` (:data:`MINI_CFG`, written once) on ``data``."""
-    from detkit.engine.train import resolve_settings
+    from detkit.train.settings import resolve_settings
 
     cfg = tmp_path / "mini.cfg"
     if not cfg.exists():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.engine.checkpoint import (CHECKPOINT_FORMAT, capture_rng_state, is_checkpoint_file, load_checkpoint,
+from detkit.checkpoint import (CHECKPOINT_FORMAT, capture_rng_state, is_checkpoint_file, load_checkpoint,
                                       restore_rng_state, save_checkpoint)
 from detkit.errors import TrainError
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import detkit.data.convert as convert_mod
-from detkit.data.convert import ConvertOptions, convert_voc, imbalance_warning
+from detkit.convert.headers import check_image, fast_size
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, imbalance_warning
 from detkit.data.datafiles import label_path_for, load_data_config, read_names, read_yolo_labels
 from detkit.errors import DataError
 from helpers import tree_digest
@@ -63,10 +63,10 @@ def make_xml(path: Path, filename: str | None, size: tuple | None, objects=(), r
     return path
 
 
-def convert(src: Path, out: Path, **kw):
+def convert(src: Path, out: Path, on_write=None, **kw):
     before = tree_digest(src)
     try:
-        return convert_voc(src, out, ConvertOptions(**kw))
+        return convert_voc(src, out, ConvertOptions(**kw), on_write=on_write)
     finally:
         assert tree_digest(src) == before, "SRC was modified"
 
@@ -506,7 +506,7 @@ def test_link_falls_back_to_copy(tmp_path, monkeypatch):
 
     def no_links(*a, **k):
         raise OSError(18, "Invalid cross-device link")
-    monkeypatch.setattr(convert_mod.os, "link", no_links)
+    monkeypatch.setattr(os, "link", no_links)
     convert(src, tmp_path / "o")
     assert report(tmp_path / "o")["image_files"] == {"copy": 2}
     assert (tmp_path / "o/images/img00.txt").read_text() == (tmp_path / "o/labels/img00.txt").read_text()
@@ -518,23 +518,19 @@ def test_interrupted_run_leaves_previous_or_nothing_and_rerun_matches(tmp_path, 
     ref = tmp_path / "ref"
     convert(src, ref)
     out = tmp_path / "out"
-    real_write = convert_mod._write
     calls = {"n": 0}
 
-    def dying_write(path, text):
+    def dying_write(path):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C half-way
-        real_write(path, text)
-    monkeypatch.setattr(convert_mod, "_write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        convert(src, out)
+        convert(src, out, on_write=dying_write)
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["ref", "src"]
     # a killed process leaves its build folder behind: simulate one from a dead pid
     stale = tmp_path / ".out.tmp-999999999"
     (stale / "images").mkdir(parents=True)
     (stale / "junk.txt").write_text("half")
-    monkeypatch.setattr(convert_mod, "_write", real_write)
     convert(src, out)
     assert not stale.exists()
     assert tree_digest(out) == tree_digest(ref)
@@ -547,9 +543,8 @@ def test_interrupted_run_leaves_previous_or_nothing_and_rerun_matches(tmp_path, 
     os.remove(out / "backup" / "w.weights")
     # interrupting a re-run keeps the complete previous output
     calls["n"] = 0
-    monkeypatch.setattr(convert_mod, "_write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        convert(src, out, seed=5)
+        convert(src, out, seed=5, on_write=dying_write)
     assert tree_digest(out) == tree_digest(ref)
 
 
@@ -633,7 +628,7 @@ def test_data_files_readable(tmp_path, monkeypatch):
 
 
 def test_imbalance_warning():
-    from detkit.data.convert import ClassStats
+    from detkit.convert.voc_to_yolo import ClassStats
     assert imbalance_warning({"a": ClassStats(5, 100, 0), "b": ClassStats(5, 9, 0)}) is not None
     assert imbalance_warning({"a": ClassStats(5, 100, 0), "b": ClassStats(5, 10, 0)}) is None
     assert imbalance_warning({"a": ClassStats(5, 100, 0)}) is None
@@ -691,10 +686,10 @@ def test_fast_size_matches_read_image_size(tmp_path, mode, fmt, orientation, pro
         kw["exif"] = exif.tobytes()
     img.save(p, fmt, **kw)
     ref = read_image_size(p)
-    assert convert_mod._check_image(str(p)) == ref
+    assert check_image(str(p)) == ref
     assert ref == read_image(p).shape[1::-1]  # and both agree with the decoded, oriented pixels
     if fmt != "BMP":
-        assert convert_mod._fast_size(p.read_bytes()) == ref  # the marker parser itself answered
+        assert fast_size(p.read_bytes()) == ref  # the marker parser itself answered
 
 
 def test_sigkill_half_way_then_rerun_matches(tmp_path):
@@ -710,15 +705,15 @@ def test_sigkill_half_way_then_rerun_matches(tmp_path):
     out = tmp_path / "out"
     code = (
         "import os, signal, sys\n"
-        "import detkit.data.convert as c\n"
-        "real = c._write_new\n"
+        "import detkit.convert.voc_to_yolo as c\n"
+        "real = c.write_new\n"
         "n = [0]\n"
         "def dying(path, data):\n"
         "    n[0] += 1\n"
         "    if n[0] == 5:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real(path, data)\n"
-        "c._write_new = dying\n"
+        "c.write_new = dying\n"
         "c.convert_voc(sys.argv[1], sys.argv[2])\n"
     )
     before = tree_digest(src)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detkit.data.convert import ConvertOptions, convert_voc
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
 from detkit.data.datafiles import load_data_config, read_yolo_labels
 
 from helpers import tree_digest

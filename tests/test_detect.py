@@ -16,7 +16,7 @@ from torch import nn
 import detkit
 from detkit.boxes import iou_matrix
 from detkit.cli import main
-from detkit.engine.predict import Predictor, parse_img_size
+from detkit.infer.predict import Predictor, parse_img_size
 from helpers import detect_argv, write_tiny_model
 
 class BrightBoxOracle(nn.Module):
@@ -252,7 +252,8 @@ def test_real_detect_dog_matches_darknet(shared, repo, tmp_path, capsys):
 def test_save_txt_round_trips_through_detkit_eval(tiny, tmp_path, capsys):
     """``--save-txt`` files read back by ``detkit eval`` give detections.json's boxes, and the same
     mAP as a COCO results file written from detections.json (an independent reader)."""
-    from detkit.engine.evaluate import load_ground_truth, load_predictions
+    from detkit.evaluate.ground_truth import load_ground_truth
+    from detkit.evaluate.predictions import load_predictions
 
     ds = tmp_path / "ds"
     (ds / "images").mkdir(parents=True)

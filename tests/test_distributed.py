@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from detkit.engine import checkpoint as ckpt
-from detkit.engine.distributed import DistInfo, dist_info_from_env, resolve_device
-from detkit.engine.train import TrainHooks, train
+from detkit import checkpoint as ckpt
+from detkit.train.distributed import DistInfo, dist_info_from_env, resolve_device
+from detkit.train.hooks import TrainHooks
+from detkit.train.trainer import train
 from detkit.errors import TrainError
 
 

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from detkit.cli import main
-from detkit.engine.evaluate import evaluate_files
-from detkit.metrics import ImageDets, ImageGT, evaluate
+from detkit.evaluate.run import evaluate_files
+from detkit.metrics.records import ImageDets, ImageGT
+from detkit.metrics.evaluator import evaluate
 
 NAMES = ["cat", "dog"]
 
@@ -198,7 +199,7 @@ def test_coco_cli_json_and_plots(tmp_path, capsys):
 
 
 def test_confusion_matrix_counts():
-    from detkit.metrics import tables_from_images
+    from detkit.metrics.records import tables_from_images
     from detkit.metrics.confusion import confusion_matrix
     g, d = tables_from_images(
         [ImageGT("a", [[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0, 1, 1])],

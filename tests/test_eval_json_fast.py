@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detkit.engine import eval_preds as P  # home of the fast path (patched below)
-from detkit.engine import evaluate as E
+from detkit.evaluate.predictions import load_predictions
+from detkit.errors import AnnotationError, EvalError
+from detkit.evaluate.ground_truth import load_ground_truth
 
 pytest.importorskip("msgspec")
 
@@ -43,34 +44,30 @@ CASES = [
 ]
 
 
-def _load(path: Path, gt, fast: bool, monkeypatch):
-    if not fast:
-        monkeypatch.setattr(P, "_msgspec", None)
+def _load(path: Path, gt, fast: bool):
     try:
-        dt, _, _ = E.load_predictions(path, gt)
+        dt, _, _ = load_predictions(path, gt, fast=fast)
         return ("ok", dt.image_index.tobytes(), dt.boxes.tobytes(), dt.scores.tobytes(), dt.labels.tobytes())
-    except E.EvalError as exc:
+    except EvalError as exc:
         return ("EvalError", str(exc))
-    except E.AnnotationError as exc:
+    except AnnotationError as exc:
         return ("AnnotationError", str(exc))
-    finally:
-        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("text", CASES)
-def test_fast_and_checked_paths_agree(tmp_path, monkeypatch, caplog, text):
+def test_fast_and_checked_paths_agree(tmp_path, caplog, text):
     (tmp_path / "gt.json").write_text(json.dumps(GT))
-    gt = E.load_ground_truth(tmp_path / "gt.json")
+    gt = load_ground_truth(tmp_path / "gt.json")
     (tmp_path / "dt.json").write_text(text)
     caplog.set_level(logging.WARNING)
-    fast = _load(tmp_path / "dt.json", gt, True, monkeypatch)
-    checked = _load(tmp_path / "dt.json", gt, False, monkeypatch)
+    fast = _load(tmp_path / "dt.json", gt, True)
+    checked = _load(tmp_path / "dt.json", gt, False)
     assert fast == checked
     if fast[0] != "ok":
         assert "\n" not in fast[1]
 
 
-def test_random_results_identical(tmp_path, monkeypatch):
+def test_random_results_identical(tmp_path, caplog):
     """Many random numbers (all decimal lengths, ints and floats): same float64 bits on both paths."""
     rng = np.random.default_rng(3)
     n = 3000
@@ -79,17 +76,14 @@ def test_random_results_identical(tmp_path, monkeypatch):
              "bbox": [float(v) if k % 2 else int(v) for k, v in enumerate(vals[i, :4])],
              "score": float(np.round(vals[i, 4], int(rng.integers(0, 17))))} for i in range(n)]
     (tmp_path / "gt.json").write_text(json.dumps(GT))
-    gt = E.load_ground_truth(tmp_path / "gt.json")
+    gt = load_ground_truth(tmp_path / "gt.json")
     (tmp_path / "dt.json").write_text(json.dumps(rows))
-    real_checked = P._results_columns_checked
-
-    def no_checked(*a, **k):
-        raise AssertionError("clean results must not need the checked path")
-
-    monkeypatch.setattr(P, "_results_columns_checked", no_checked)
-    fast = _load(tmp_path / "dt.json", gt, True, monkeypatch)  # (undoes the patch)
-    assert P._results_columns_checked is real_checked
-    checked = _load(tmp_path / "dt.json", gt, False, monkeypatch)
+    caplog.set_level(logging.DEBUG, logger="detkit.evaluate.predictions")
+    fast = _load(tmp_path / "dt.json", gt, True)
+    assert not any("checked reader" in r.getMessage() for r in caplog.records), \
+        "clean results must not need the checked path"
+    checked = _load(tmp_path / "dt.json", gt, False)
+    assert any("checked reader" in r.getMessage() for r in caplog.records)
     assert fast[0] == "ok" and fast == checked
     scores = np.frombuffer(fast[3], np.float64)
     assert np.array_equal(scores, np.array([r["score"] for r in rows]))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from detkit.cli import main
-from detkit.engine.evaluate import evaluate_files
+from detkit.evaluate.run import evaluate_files
 from helpers import tiny_cfg
 
 

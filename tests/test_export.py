@@ -12,7 +12,7 @@ import torch
 
 import detkit
 from detkit.cli import main
-from detkit.engine.export import export_model
+from detkit.infer.export import export_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -228,7 +228,7 @@ def test_real_yolov3_tiny_onnx_at_416(shared, tmp_path):
 
 
 def test_cli_export_from_a_training_checkpoint_prefers_ema(tmp_path, capsys):
-    from detkit.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from detkit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     raw, ema = _model("yolov3-tiny", classes=3, seed=8), _model("yolov3-tiny", classes=3, seed=9)
     ckpt = save_checkpoint({"format": CHECKPOINT_FORMAT, "version": 1, "model": raw.state_dict(),

@@ -1,4 +1,4 @@
-"""The fast inference path (detkit.engine.fast): BN folding is exact, layouts and precisions agree
+"""The fast inference path (detkit.infer.fast): BN folding is exact, layouts and precisions agree
 with the plain model, the source model is left untouched, and the Predictor's fast option and
 data pipeline work."""
 from __future__ import annotations
@@ -12,10 +12,11 @@ from torch import nn
 
 import detkit
 from detkit.boxes import iou_matrix
-from detkit.engine.fast import (
+from detkit.infer.fast import (
     FastDarknet, cpu_has_native_bf16, fold_batchnorm, optimize_for_inference, resolve_dtype,
 )
-from detkit.engine.predict import Predictor
+from detkit.infer.predict import Predictor
+from detkit.data.images import read_image
 
 # every layer type the fast path handles: conv (+BN, leaky / mish / linear), maxpool, shortcut,
 # grouped route, upsample, two-source route, two yolo heads (one with scale_x_y)
@@ -291,7 +292,7 @@ class _SlowModel(nn.Module):
         return row.expand(len(x), 1, 6).clone()
 
 
-def test_predict_paths_loads_while_the_model_runs(tmp_path, monkeypatch):
+def test_predict_paths_loads_while_the_model_runs(tmp_path):
     """Serial work would take 8 x 0.1 s loading + 4 x 0.2 s model = 1.6 s; with loading overlapped
     the model waits only for the first batch (~0.1 s)."""
     from PIL import Image
@@ -301,14 +302,11 @@ def test_predict_paths_loads_while_the_model_runs(tmp_path, monkeypatch):
         p = tmp_path / f"{i}.png"
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
         paths.append(p)
-    pred = Predictor(_SlowModel(), img_size=32)
-    original = pred._load
-
-    def slow_load(path):
+    def slow_read(path):
         time.sleep(0.1)
-        return original(path)
+        return read_image(path)
 
-    monkeypatch.setattr(pred, "_load", slow_load)
+    pred = Predictor(_SlowModel(), img_size=32, reader=slow_read)
     results = list(pred.predict_paths(paths, batch_size=2, workers=2))
     assert [r.path for r in results] == paths and all(len(r.detections) == 1 for r in results)
     st = pred.last_stats

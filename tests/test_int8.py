@@ -12,14 +12,14 @@ import torch
 
 import detkit
 from detkit.cli import main
-from detkit.engine.export import DecodedExport, export_onnx
+from detkit.infer.export import DecodedExport, export_onnx
 from helpers import make_dataset, tiny_cfg, write_tiny_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from detkit.engine.onnxrt import OnnxModel  # noqa: E402
-from detkit.engine.quantize import fp32_layer_indices, nodes_to_keep_float, quantize_int8  # noqa: E402
+from detkit.infer.onnxrt import OnnxModel  # noqa: E402
+from detkit.infer.quantize import fp32_layer_indices, nodes_to_keep_float, quantize_int8  # noqa: E402
 from detkit.errors import WeightsError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -343,12 +343,12 @@ def test_real_coco_int8_finds_the_dog_jpg_objects(tmp_path):
     images = SHARED / "images"
     if not weights.is_file() or not (images / "dog.jpg").is_file():
         pytest.skip("../shared/weights/yolov3-tiny.weights or ../shared/images/dog.jpg absent")
-    model, _ = __import__("detkit.engine.loading", fromlist=["load_model"]).load_model(
+    model, _ = __import__("detkit.infer.loading", fromlist=["load_model"]).load_model(
         "yolov3-tiny", weights, 80, checkpoints=False)
     calib = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     res = quantize_int8(model, tmp_path / "coco-int8.onnx", calib)
     from detkit.data.images import read_image
-    from detkit.engine.predict import Predictor
+    from detkit.infer.predict import Predictor
 
     img = read_image(images / "dog.jpg")
     ref = Predictor(model, conf=0.25, letterbox=False).predict([img])[0]
@@ -379,7 +379,7 @@ def test_predictor_runs_an_onnx_file_like_the_pytorch_model(quantised, tmp_path,
     """The Predictor's numpy input path for onnxruntime (uint8 letterbox / float darknet resize ->
     NCHW float) gives the PyTorch path's detections: a float32 export must match them exactly."""
     from detkit.data.images import read_image
-    from detkit.engine.predict import Predictor
+    from detkit.infer.predict import Predictor
 
     model, _, calib = quantised
     path = export_onnx(model, tmp_path / "fp32.onnx", (96, 64), dynamic_batch=True).path

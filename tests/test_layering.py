@@ -54,7 +54,7 @@ def test_modules_found():
 # Modules allowed to drive the CLI, with the reason:
 CLI_USERS = {
     "detkit.__main__": "python -m detkit is the CLI's entry point",
-    "detkit.engine.benchmark": "times the user-facing `detkit detect` command itself, in-process",
+    "detkit.bench.benchmark": "times the user-facing `detkit detect` command itself, in-process",
 }
 
 

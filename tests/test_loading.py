@@ -1,12 +1,12 @@
-"""detkit.engine.loading.load_model: the one cfg + weights loader behind detect/eval/export/train."""
+"""detkit.infer.loading.load_model: the one cfg + weights loader behind detect/eval/export/train."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import detkit
-from detkit.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from detkit.engine.loading import load_model
+from detkit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from detkit.infer.loading import load_model
 from detkit.errors import WeightsError
 
 

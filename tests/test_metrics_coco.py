@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from detkit.engine.evaluate import evaluate_files
-from detkit.metrics import DetTable, GTTable, ImageDets, ImageGT, evaluate
+from detkit.evaluate.run import evaluate_files
+from detkit.metrics.records import DetTable, GTTable, ImageDets, ImageGT
+from detkit.metrics.evaluator import evaluate
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -201,7 +202,7 @@ def test_table_and_image_list_inputs_agree():
         gts.append(ImageGT(f"im{i}", boxes, rng.integers(0, 3, 4)))
         dets.append(ImageDets(f"im{i}", boxes + rng.normal(0, 3, boxes.shape), rng.uniform(size=4), rng.integers(0, 3, 4)))
     a = evaluate(gts, dets, ["x", "y", "z"], metric="coco")
-    from detkit.metrics import tables_from_images
+    from detkit.metrics.records import tables_from_images
     g, d = tables_from_images(gts, dets)
     assert isinstance(g, GTTable) and isinstance(d, DetTable)
     b = evaluate(g, d, ["x", "y", "z"], metric="coco")

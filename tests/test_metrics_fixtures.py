@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detkit.engine.evaluate import evaluate_files
-from detkit.metrics import ImageDets, ImageGT, evaluate
+from detkit.evaluate.run import evaluate_files
+from detkit.metrics.records import ImageDets, ImageGT
+from detkit.metrics.evaluator import evaluate
 
 pytestmark = pytest.mark.real
 
@@ -259,7 +260,7 @@ def test_b10_review_toyexample_voc_xml(ev, expected, dets_dir, fmt):
         if fmt == "files":  # through the file readers: VOC XML folder + per-image txt
             rep = evaluate_files(base / "gts_vocpascal_format", base / dets_dir, metric=metric, iou_threshold=iou).report
         else:
-            from detkit.engine.evaluate import load_voc_gt
+            from detkit.evaluate.ground_truth import load_voc_gt
             g = load_voc_gt(base / "gts_vocpascal_format")
             gts = [ImageGT(i, g.table.boxes[g.table.image_index == k], g.table.labels[g.table.image_index == k],
                            g.table.difficult[g.table.image_index == k]) for k, i in enumerate(g.table.image_ids)]

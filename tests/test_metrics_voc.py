@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from detkit.errors import EvalError
-from detkit.metrics import ImageDets, ImageGT, evaluate
+from detkit.metrics.records import ImageDets, ImageGT
+from detkit.metrics.evaluator import evaluate
 from detkit.metrics.ap import VOC07_RECALL_THRESHOLDS, ap_11_point, ap_all_point
 
 

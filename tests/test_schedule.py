@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from detkit.engine.ema import ModelEMA
-from detkit.engine.train import ema_defaults
-from detkit.engine.schedule import LRScheduler, ScheduleConfig, learning_rate
+from detkit.train.ema import ModelEMA
+from detkit.train.setup import ema_defaults
+from detkit.train.schedule import LRScheduler, ScheduleConfig, learning_rate
 
 
 def _darknet_rate(step, base, burn_in, power, steps, scales):

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 import detkit
-from detkit.engine import checkpoint as ckpt
-from detkit.engine.train import TrainHooks, TrainSettings, init_head_priors, param_groups, resolve_settings, train
+from detkit import checkpoint as ckpt
+from detkit.train.hooks import TrainHooks
+from detkit.train.settings import TrainSettings, resolve_settings
+from detkit.train.setup import init_head_priors, param_groups
+from detkit.train.trainer import train
 from detkit.errors import TrainError
 from detkit.yolo.loss import LossConfig, YoloLoss
 from helpers import MINI_CFG, make_dataset, mini_settings
@@ -198,7 +201,7 @@ def test_weights_from_checkpoint_and_freeze(tmp_path):
 
 def test_rare_class_remedies(tmp_path, caplog):
     data = make_dataset(tmp_path / "d", 6, 2, seed=5)
-    with caplog.at_level("INFO", logger="detkit.engine.train"):
+    with caplog.at_level("INFO", logger="detkit.train.trainer"):
         res = train(mini_settings(tmp_path, data, epochs=1, batch=2, subdivisions=1, class_weights=True,
                                   balanced_sampler=True))
     text = caplog.text

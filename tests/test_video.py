@@ -15,7 +15,7 @@ import pytest
 
 import detkit
 from detkit.cli import main
-from detkit.engine.predict import Predictor
+from detkit.infer.predict import Predictor
 from helpers import detect_argv, write_tiny_model
 
 N_FRAMES, FPS, W, H = 10, 10.0, 96, 80

@@ -112,7 +112,7 @@ def run_faster(gt_path: Path, dt_path: Path) -> np.ndarray:
 
 
 def run_detkit(gt_path: Path, dt_path: Path, metric: str):
-    from detkit.engine.evaluate import evaluate_files
+    from detkit.evaluate.run import evaluate_files
 
     return evaluate_files(gt_path, dt_path, metric=metric).report
 
@@ -230,8 +230,10 @@ def main(argv=None) -> int:
             print(f"detkit coco == pycocotools (all 12 stats, 1e-12): {ok}")
         t_voc, vrep = timed(lambda: run_detkit(gt_path, dt_path, "voc"), args.repeat)
         # evaluation alone, from already-read tables
-        from detkit.engine.evaluate import load_ground_truth, load_predictions, prepare_tables
-        from detkit.metrics import evaluate
+        from detkit.evaluate.ground_truth import load_ground_truth
+        from detkit.evaluate.predictions import load_predictions
+        from detkit.evaluate.run import prepare_tables
+        from detkit.metrics.evaluator import evaluate
         g0 = load_ground_truth(gt_path)
         d0, v0, names0 = load_predictions(dt_path, g0)
         gt_t, dt_t, _ = prepare_tables(g0, d0, v0, "voc")

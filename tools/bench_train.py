@@ -11,7 +11,7 @@ Subcommands (see docs/training.md for the exact commands and reference numbers):
     throughput  training images/s (and the share of step time spent waiting for data) of yolov3-tiny
                 at 416x416, batch 16, fp32 vs autocast (bf16 on CPU; fp16 and bf16 on CUDA)
 
-Everything goes through ``detkit.engine.train.train`` — the same code path as ``detkit train``.
+Everything goes through ``detkit.train.trainer.train`` — the same code path as ``detkit train``.
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detkit.data.convert import ConvertOptions, convert_voc  # noqa: E402
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc  # noqa: E402
 from detkit.data.datafiles import read_list_file, write_list_file, write_text_atomic  # noqa: E402
-from detkit.engine.train import TrainHooks, resolve_settings, train  # noqa: E402
+from detkit.train.hooks import TrainHooks
+from detkit.train.settings import resolve_settings
+from detkit.train.trainer import train
 
 log = logging.getLogger("bench_train")
 

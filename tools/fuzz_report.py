@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
 EVAL_CHILD = r"""
 import json, sys, time
-from detkit.engine.evaluate import evaluate_files
+from detkit.evaluate.run import evaluate_files
 t0 = time.perf_counter()
 run = evaluate_files(sys.argv[1], sys.argv[2], sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - t0, "map": run.report.map, "peak_rss_mb": %s}))
@@ -83,7 +83,7 @@ def eval_at_scale(n_images: int, work: Path) -> dict:
     pred.write_text(json.dumps(res))
     out = {"images": n_images, "gt_boxes": len(anns), "detections": len(res),
            "gt_json_mb": round(gt.stat().st_size / 2**20, 1), "results_json_mb": round(pred.stat().st_size / 2**20, 1)}
-    base = subprocess.run([sys.executable, "-c", f"import detkit.engine.evaluate; print({HWM})"],
+    base = subprocess.run([sys.executable, "-c", f"import detkit.evaluate.run; print({HWM})"],
                           cwd=REPO, capture_output=True, text=True, check=True)
     out["import_only_peak_rss_mb"] = round(float(base.stdout.strip()), 1)
     for metric in ("voc", "coco"):
@@ -129,7 +129,7 @@ def markdown(report: dict) -> str:
     if ev:
         lines += ["", f"**Evaluation at scale**: {ev['images']:,} images, {ev['gt_boxes']:,} ground-truth boxes, "
                   f"{ev['detections']:,} detections (GT JSON {ev['gt_json_mb']} MB, results {ev['results_json_mb']} MB); "
-                  f"a fresh process per metric (importing detkit.engine.evaluate alone peaks at "
+                  f"a fresh process per metric (importing detkit.evaluate.run alone peaks at "
                   f"{ev['import_only_peak_rss_mb']} MB):", "", "| metric | seconds | peak RSS (MB) | mAP |",
                   "|---|---:|---:|---:|"]
         for m in ("voc", "coco"):

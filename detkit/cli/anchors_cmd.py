@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 def parse_size_arg(value: str) -> tuple[int, int]:
     """``"416"`` / ``"608x352"`` -> (W, H), positive multiples of 32 (the rule of
-    :func:`detkit.engine.predict.parse_img_size`, without importing torch for a data command)."""
+    :func:`detkit.infer.predict.parse_img_size`, without importing torch for a data command)."""
     parts = value.lower().replace(",", "x").split("x")
     try:
         nums = [int(p) for p in parts]

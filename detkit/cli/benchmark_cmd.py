@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
 
-    from detkit.engine import benchmark as bm
-    from detkit.engine.loading import load_model
+    from detkit.bench import benchmark as bm
+    from detkit.infer.loading import load_model
 
     repo = Path(__file__).resolve().parents[2]
     shared = bm.default_shared()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detkit.data.convert import ConvertOptions, convert_voc, imbalance_warning, summary_table
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, imbalance_warning, summary_table
 from detkit.data.datafiles import read_names
 
 

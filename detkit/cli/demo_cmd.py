@@ -4,13 +4,13 @@ Stages (each one the same public function its own subcommand uses; no private tr
 
 1. generate  a 2-class Pascal VOC dataset (:func:`detkit.data.synth.generate_voc_dataset`) under
    ``OUT/voc/数据集/`` — Chinese folder and file names included, ``ImageSets/Main`` split;
-2. convert   ``detkit convert-voc`` (:func:`detkit.data.convert.convert_voc`) into ``OUT/yolo/``
+2. convert   ``detkit convert-voc`` (:func:`detkit.convert.voc_to_yolo.convert_voc`) into ``OUT/yolo/``
    (ASCII-safe names, ``obj.data``; the VOC split is kept, ``val`` is the held-out split);
 3. anchors   ``detkit anchors`` (:func:`detkit.data.anchors.dataset_anchors`): k-means anchors of the
    training boxes at the network size, written into ``OUT/yolov3-tiny-demo.cfg``;
-4. train     ``detkit train`` (:func:`detkit.engine.train.train`) yolov3-tiny with 2 classes from
+4. train     ``detkit train`` (:func:`detkit.train.trainer.train`) yolov3-tiny with 2 classes from
    scratch into ``OUT/train/``;
-5. evaluate  ``detkit eval --metric voc`` (:func:`detkit.engine.evaluate.evaluate_model`) of the final
+5. evaluate  ``detkit eval --metric voc`` (:func:`detkit.evaluate.run.evaluate_model`) of the final
    (EMA) weights on the held-out split: table, ``OUT/eval/metrics.json``, PR plots.
 
 The defaults are tuned so that on a 2-core CPU the demo ends within 10 minutes at VOC mAP@0.5 of
@@ -177,11 +177,13 @@ def _run_stages(settings: DemoSettings, echo) -> DemoResult:
     from detkit.darknet.cfg import resolve_cfg
     from detkit.darknet.specs import parse_network, patch_anchors
     from detkit.data.anchors import dataset_anchors, format_anchors
-    from detkit.data.convert import ConvertOptions, convert_voc, summary_table
+    from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, summary_table
     from detkit.data.datafiles import load_data_config, write_text_atomic
     from detkit.data.synth import generate_voc_dataset
-    from detkit.engine import evaluate as ev
-    from detkit.engine.train import next_run_dir, resolve_settings, train
+    from detkit.evaluate import run as ev
+    from detkit.train.outputs import next_run_dir
+    from detkit.train.settings import resolve_settings
+    from detkit.train.trainer import train
     from detkit.metrics.confusion import confusion_matrix
     from detkit.metrics.plots import write_plots
 

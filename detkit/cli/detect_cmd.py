@@ -127,7 +127,7 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.data.datafiles import read_names
-    from detkit.engine.predict import Predictor, parse_img_size, resolve_device
+    from detkit.infer.predict import Predictor, parse_img_size, resolve_device
 
     if not 0.0 <= args.conf < 1.0:
         raise DataError(f"--conf must be in [0, 1), got {args.conf}")
@@ -175,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace, weights: Path, names: list[str]):
     """The model to run: an ``.onnx`` file through onnxruntime, else cfg + darknet weights."""
-    from detkit.engine.loading import load_model, load_onnx_model
-    from detkit.engine.onnxrt import META_RESIZE, is_onnx_file
+    from detkit.infer.loading import load_model, load_onnx_model
+    from detkit.infer.onnxrt import META_RESIZE, is_onnx_file
 
     if is_onnx_file(weights):
         if args.cfg:

@@ -64,7 +64,7 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.engine import evaluate as ev
+    from detkit.evaluate import run as ev
 
     names = None
     if args.names:

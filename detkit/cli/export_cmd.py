@@ -85,7 +85,7 @@ def _verify_int8(path: Path, img_size: tuple[int, int], resize: bool, model, ima
     import torch
 
     from detkit.data.images import letterbox, read_image, resize_darknet
-    from detkit.engine.onnxrt import OnnxModel
+    from detkit.infer.onnxrt import OnnxModel
 
     w, h = img_size
     img = read_image(image)
@@ -103,7 +103,7 @@ def _verify_int8(path: Path, img_size: tuple[int, int], resize: bool, model, ima
 
 
 def _export_int8(args: argparse.Namespace, model, out: Path, img_size) -> int:
-    from detkit.engine.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+    from detkit.infer.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
 
     if not args.calib:
         raise DataError("--format onnx-int8 needs --calib (a folder, a .txt list or obj.data / data.yaml with "
@@ -176,9 +176,9 @@ def _verify(result, model) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from detkit.engine.export import DEFAULT_OPSET, export_model
-    from detkit.engine.loading import load_model
-    from detkit.engine.predict import parse_img_size
+    from detkit.infer.export import DEFAULT_OPSET, export_model
+    from detkit.infer.loading import load_model
+    from detkit.infer.predict import parse_img_size
 
     if torch.get_num_threads() > (os.cpu_count() or 1):
         torch.set_num_threads(os.cpu_count() or 1)

@@ -56,8 +56,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.engine.predict import parse_img_size
-    from detkit.engine.train import resolve_settings, train
+    from detkit.infer.predict import parse_img_size
+    from detkit.train.settings import resolve_settings
+    from detkit.train.trainer import train
 
     quiet = bool(getattr(args, "quiet", False))
     if args.resume:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         }
         settings = resolve_settings(args.cfg, args.data, args.classes, args.out, **overrides)
         result = train(settings)
-    from detkit.engine.distributed import dist_info_from_env
+    from detkit.train.distributed import dist_info_from_env
 
     if not dist_info_from_env().is_main:
         return 0

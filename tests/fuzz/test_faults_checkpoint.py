@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fuzzlib
-from detkit.engine import checkpoint as ckpt
-from detkit.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from detkit import checkpoint as ckpt
+from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from detkit.errors import TrainError
 
 

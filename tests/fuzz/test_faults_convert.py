@@ -18,9 +18,8 @@ import pytest
 from PIL import Image
 
 import fuzzlib
-import detkit.data.convert as convert_mod
 from detkit.cli import main
-from detkit.data.convert import ConvertOptions, convert_voc
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
 from helpers import tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +159,7 @@ def test_disk_full_mid_conversion_keeps_previous_out(dataset, tmp_path, monkeypa
         if calls["n"] > 25:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
-    monkeypatch.setattr(convert_mod.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
     rc = main(["-q", "convert-voc", str(src), str(out)])
     err = capsys.readouterr().err
     assert rc == 1 and "detkit: error:" in err and "No space left on device" in err and "Traceback" not in err
@@ -178,7 +177,7 @@ def test_permission_denied_is_one_clear_line(dataset, tmp_path, monkeypatch, cap
         if flags & os.O_CREAT:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_open(path, flags, *a, **kw)
-    monkeypatch.setattr(convert_mod.os, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     rc = main(["-q", "convert-voc", str(src), str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 1 and "Permission denied" in err and "Traceback" not in err, err

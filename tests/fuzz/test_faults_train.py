@@ -27,7 +27,7 @@ sys.path[:0] = [{tests!r}, {repo!r}]
 torch.set_num_threads(1)
 from pathlib import Path
 from helpers import mini_settings
-from detkit.engine.train import train
+from detkit.train.trainer import train
 train(mini_settings(Path({tmp!r}), Path({data!r}), out={out!r}, epochs={epochs}, batch=4, subdivisions=2))
 """
 
@@ -39,7 +39,7 @@ def _env() -> dict:
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.checkpoint import load_checkpoint
     return load_checkpoint(path)["model"]
 
 
@@ -51,7 +51,7 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path):
         from helpers import make_dataset, mini_settings
     finally:
         sys.path.remove(str(TESTS))
-    from detkit.engine.train import train
+    from detkit.train.trainer import train
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fuzzlib
-from detkit.engine.evaluate import evaluate_files, load_coco_gt, load_ground_truth, load_predictions
+from detkit.evaluate.run import evaluate_files
+from detkit.evaluate.ground_truth import load_coco_gt, load_ground_truth
+from detkit.evaluate.predictions import load_predictions
 from detkit.errors import AnnotationError, DetkitError
 
 ODD = st.sampled_from([None, True, False, 0, -1, 1, 2, 10**30, -(10**30), 2**63, 2**64, 1.5, -0.0,
@@ -180,14 +182,15 @@ def test_text_predictions_long(tmp_path, fmt, a, b):
 # --------------------------------------------------------------------------- hostile JSON
 
 @pytest.mark.parametrize("parser", ["default", "json"])
-def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path, monkeypatch, parser):
-    import detkit.engine.eval_gt as ev  # home of the JSON parser switch
-    if parser == "json" and hasattr(ev, "_orjson"):
-        monkeypatch.setattr(ev, "_orjson", None)  # the standard library parser raises RecursionError
+def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path, parser):
+    from detkit.evaluate.jsonio import read_json  # the parser every COCO reader goes through
     p = tmp_path / "deep.json"
     p.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(AnnotationError) as exc:
-        load_ground_truth(p)
+        if parser == "default":
+            load_ground_truth(p)
+        else:
+            read_json(p, parser="json")  # the standard library parser raises RecursionError
     fuzzlib.check_one_line(exc.value)
 
 

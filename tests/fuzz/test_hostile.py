@@ -18,12 +18,12 @@ from PIL import Image
 
 import fuzzlib
 from detkit.cli import main
-from detkit.data.convert import ConvertOptions, convert_voc
+from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
 from detkit.data.datafiles import load_data_config, read_list_file
 from detkit.data.images import read_image, read_image_size
 from detkit.data.voc import parse_voc_annotation, read_voc_annotation
-from detkit.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from detkit.engine.evaluate import load_ground_truth
+from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from detkit.evaluate.ground_truth import load_ground_truth
 from detkit.errors import AnnotationError, DataError, DetkitError, ImageError, TrainError
 
 LAUGHS = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE annotation [\n<!ENTITY a "aaaaaaaaaa">\n'

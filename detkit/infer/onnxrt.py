@@ -1,8 +1,8 @@
 """Run an exported detkit ONNX model (float32 or int8) with onnxruntime, behind the model contract.
 
 :class:`OnnxModel` loads a file written by ``detkit export --format onnx`` or ``--format
-onnx-int8`` (:mod:`detkit.engine.quantize`) and behaves like the eval-mode DarknetModel for the
-:class:`~detkit.engine.predict.Predictor`: ``(N, C, H, W)`` float in [0, 1] -> ``(N, R, 5 + C)``
+onnx-int8`` (:mod:`detkit.infer.quantize`) and behaves like the eval-mode DarknetModel for the
+:class:`~detkit.infer.predict.Predictor`: ``(N, C, H, W)`` float in [0, 1] -> ``(N, R, 5 + C)``
 float32 (cx, cy, w, h in input pixels, objectness, class probabilities). The input size is the
 one fixed at export; a file exported with batch 1 runs larger batches one image at a time.
 

@@ -1,4 +1,4 @@
-"""The data types of the :func:`detkit.engine.train.train` API: :class:`StepInfo` (passed to the
+"""The data types of the :func:`detkit.train.trainer.train` API: :class:`StepInfo` (passed to the
 per-step hook), :class:`TrainHooks` (optional callbacks) and :class:`TrainResult` (a run's outcome).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Decoding and resizing of the next batch run in a small thread pool (image files) or a background
 thread (video frames, any iterable of arrays) while the model works on the current one (OpenCV
 releases the GIL while decoding and resizing). ``Predictor.last_stats`` tells how long the model
-waited for data. ``fast=True`` runs :func:`detkit.engine.fast.optimize_for_inference`'s model
+waited for data. ``fast=True`` runs :func:`detkit.infer.fast.optimize_for_inference`'s model
 (batch norm folded, channels_last, bf16 on CPUs with native bf16, fp16 on CUDA).
 """
 from __future__ import annotations
@@ -145,11 +145,14 @@ class Predictor:
             stretch to the input size, with darknet's own resize arithmetic.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         max_det: at most this many detections per image.
-        fast: run :func:`detkit.engine.fast.optimize_for_inference` (needs a DarknetModel). A
+        fast: run :func:`detkit.infer.fast.optimize_for_inference` (needs a DarknetModel). A
             model that already has ``fast_info`` (an optimised model, a
-            :class:`~detkit.engine.onnxrt.OnnxModel`) runs as it is, whatever ``fast`` says.
+            :class:`~detkit.infer.onnxrt.OnnxModel`) runs as it is, whatever ``fast`` says.
         precision: the fast path's compute dtype: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``.
         compile: the fast path under ``torch.compile``.
+        reader: reads one image file into RGB uint8 (H, W, 3) (default
+            :func:`detkit.data.images.read_image`); it runs in the decode threads and raises
+            :class:`~detkit.errors.ImageError` for a file it cannot read.
 
     ``last_stats`` holds the :class:`PipelineStats` of the last finished ``predict_paths`` /
     ``predict_frames`` run (None before).
@@ -158,7 +161,8 @@ class Predictor:
     def __init__(self, model: nn.Module, img_size: int | str | Sequence[int] | None = None,
                  conf: float = 0.25, nms: float = 0.45, letterbox: bool = True,
                  device: str | torch.device = "cpu", max_det: int = 300, fast: bool = False,
-                 precision: str = "auto", compile: bool = False) -> None:
+                 precision: str = "auto", compile: bool = False,
+                 reader: Callable[[str | os.PathLike], np.ndarray] = read_image) -> None:
         if img_size is None:
             net = getattr(model, "net", None)
             width = getattr(net, "width", None) if not isinstance(net, dict) else net.get("width")
@@ -183,13 +187,14 @@ class Predictor:
                 raise ValueError("compile applies to the PyTorch fast path, not to an already optimised model")
             self.model = model
         elif fast:
-            from detkit.engine.fast import optimize_for_inference
+            from detkit.infer.fast import optimize_for_inference
 
             self.model = optimize_for_inference(model, self.device, dtype=precision, compile=compile)
         else:
             if compile:
                 raise ValueError("compile needs the fast path (fast=True)")
             self.model = model.to(self.device).eval()
+        self.reader = reader
         self.last_stats: PipelineStats | None = None
         # a compiled model is specialised to its first batch size: smaller batches (the last one
         # of a run) are padded to it instead of triggering a second compilation
@@ -243,7 +248,7 @@ class Predictor:
 
     def _load(self, path) -> tuple[np.ndarray, np.ndarray, InputTransform] | ImageError:
         try:
-            img = read_image(path)
+            img = self.reader(path)
         except ImageError as exc:
             return exc
         net_img, transform = self.prepare(img)

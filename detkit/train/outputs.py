@@ -32,7 +32,7 @@ def next_run_dir(out: str | os.PathLike) -> Path:
 
 
 
-def _memory_text(device: torch.device) -> str:
+def memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}G"
     try:

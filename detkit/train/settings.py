@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from detkit.errors import TrainError
-from detkit.engine import checkpoint as ckpt
-from detkit.engine.schedule import POLICIES
+from detkit import checkpoint as ckpt
+from detkit.train.schedule import POLICIES
 from detkit.yolo.loss import BOX_LOSSES
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Post-training int8 quantisation of a DarknetModel into an ONNX file for onnxruntime.
 
-:func:`quantize_int8` exports the decoded eval-mode model (:mod:`detkit.engine.export`, with
+:func:`quantize_int8` exports the decoded eval-mode model (:mod:`detkit.infer.export`, with
 darknet's maxpool padding written as edge padding so every tensor is finite), runs it on
 calibration images prepared exactly as ``detkit detect`` prepares its inputs (letterbox by
 default), and quantises it with onnxruntime's static quantiser:
@@ -20,7 +20,7 @@ default), and quantises it with onnxruntime's static quantiser:
 
 The result is an ordinary ONNX file (input ``images`` (N, C, H, W) float32 in [0, 1], output
 ``output`` (N, R, 5 + C), batch dynamic by default) with detkit metadata (precision, calibration
-summary, float32 layers) that :class:`detkit.engine.onnxrt.OnnxModel` reads. Written atomically.
+summary, float32 layers) that :class:`detkit.infer.onnxrt.OnnxModel` reads. Written atomically.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ import numpy as np
 
 from detkit.darknet.layers import ConvLayer
 from detkit.darknet.model import DarknetModel
-from detkit.engine.export import DEFAULT_OPSET, INPUT_NAME, onnx_bytes
-from detkit.engine.fast import head_conv_indices
-from detkit.engine.onnxrt import META_CALIBRATION, META_FP32_LAYERS, META_PRECISION, META_RESIZE
+from detkit.infer.export import DEFAULT_OPSET, INPUT_NAME, onnx_bytes
+from detkit.infer.fast import head_conv_indices
+from detkit.infer.onnxrt import META_CALIBRATION, META_FP32_LAYERS, META_PRECISION, META_RESIZE
 from detkit.errors import ImageError
 from detkit.fileio import write_bytes_atomic
 

@@ -80,7 +80,7 @@ def ema_defaults(total_steps: int) -> tuple[float, float]:
     return min(0.9999, max(0.9, 1.0 - 1.0 / span)), min(2000.0, span)
 
 
-def _class_weight_tuple(balance_objects: tuple[int, ...]) -> tuple[float, ...]:
+def class_weight_tuple(balance_objects: tuple[int, ...]) -> tuple[float, ...]:
     """Loss weights per class: sqrt of inverse object frequency, normalised to mean 1 over present classes."""
     counts = np.asarray(balance_objects, dtype=np.float64)
     present = counts > 0

@@ -12,12 +12,12 @@ reproduce the loss curve of an uninterrupted run.
 
 The pieces around the loop live in their own modules (names kept importable from here):
 
-* :mod:`detkit.engine.train_settings` — :class:`TrainSettings`, :func:`resolve_settings`, :func:`resume_settings`;
-* :mod:`detkit.engine.train_helpers` — seeding, parameter groups, frozen layers, head priors, EMA defaults,
+* :mod:`detkit.train.settings` — :class:`TrainSettings`, :func:`resolve_settings`, :func:`resume_settings`;
+* :mod:`detkit.train.setup` — seeding, parameter groups, frozen layers, head priors, EMA defaults,
   class loss weights;
-* :mod:`detkit.engine.train_outputs` — run folder, ``results.csv``, ``results.png``, memory figure;
-* :mod:`detkit.engine.train_validate` — validation mAP@0.5;
-* :mod:`detkit.engine.train_types` — :class:`StepInfo`, :class:`TrainHooks`, :class:`TrainResult`.
+* :mod:`detkit.train.outputs` — run folder, ``results.csv``, ``results.png``, memory figure;
+* :mod:`detkit.train.validate` — validation mAP@0.5;
+* :mod:`detkit.train.hooks` — :class:`StepInfo`, :class:`TrainHooks`, :class:`TrainResult`.
 
 This module holds the :class:`Trainer` loop and the :func:`train` entry point.
 """
@@ -38,28 +38,20 @@ from torch import nn
 
 from detkit.data.datafiles import load_data_config, write_text_atomic
 from detkit.errors import TrainError
-from detkit.engine import checkpoint as ckpt
-from detkit.engine.distributed import (DistInfo, all_finite, barrier, broadcast_object, cleanup_distributed,
+from detkit import checkpoint as ckpt
+from detkit.train.distributed import (DistInfo, all_finite, barrier, broadcast_object, cleanup_distributed,
                                        dist_info_from_env, init_distributed, resolve_device)
-from detkit.engine.ema import ModelEMA
-from detkit.engine.loading import load_model
-from detkit.engine.schedule import LRScheduler, ScheduleConfig
-from detkit.engine.train_helpers import (_class_weight_tuple, ema_defaults, freeze_layers, init_head_priors,
+from detkit.train.ema import ModelEMA
+from detkit.infer.loading import load_model
+from detkit.train.schedule import LRScheduler, ScheduleConfig
+from detkit.train.setup import (class_weight_tuple, ema_defaults, freeze_layers, init_head_priors,
                                          param_groups, seed_everything, set_train_mode)
-from detkit.engine.train_outputs import RESULT_COLUMNS, _memory_text, next_run_dir, save_plots, write_results_csv
-from detkit.engine.train_settings import (AMP_DTYPES, DEFAULT_TRAIN_BATCH, TrainSettings, resolve_settings,
-                                          resume_settings)
-from detkit.engine.train_types import StepInfo, TrainHooks, TrainResult
-from detkit.engine.train_validate import validate
+from detkit.train.outputs import memory_text, next_run_dir, save_plots, write_results_csv
+from detkit.train.settings import (AMP_DTYPES, TrainSettings, resume_settings)
+from detkit.train.hooks import StepInfo, TrainHooks, TrainResult
+from detkit.train.validate import validate
 from detkit.yolo.loss import LossConfig, YoloLoss
 
-__all__ = [
-    "AMP_DTYPES", "BURN_IN_MAX_FRACTION", "DEFAULT_TRAIN_BATCH", "RESULT_COLUMNS",
-    "StepInfo", "TrainHooks", "TrainResult", "TrainSettings", "Trainer",
-    "ema_defaults", "freeze_layers", "init_head_priors", "next_run_dir", "param_groups", "resolve_settings",
-    "resume_settings", "save_plots", "seed_everything", "set_train_mode", "train", "validate",
-    "write_results_csv",
-]
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +159,7 @@ class Trainer:
         # nanoGPT pattern: the step code below is identical with AMP on or off
         self.ctx = torch.autocast(device.type, dtype=self.amp_dtype) if s.amp else nullcontext()
         self.scaler = torch.amp.GradScaler(device.type, enabled=(s.amp and self.amp_dtype == torch.float16))
-        class_w = _class_weight_tuple(balance.objects) if s.class_weights else None
+        class_w = class_weight_tuple(balance.objects) if s.class_weights else None
         if class_w is not None and info.is_main:
             log.info("class loss weights: %s", ", ".join(f"{n}={w:.2f}" for n, w in zip(self.names, class_w)))
         self.loss_fn = YoloLoss.from_model(model, LossConfig(box_loss=s.box_loss, class_weights=class_w))  # type: ignore[arg-type]
@@ -337,7 +329,7 @@ class Trainer:
                     ips = es["images"] / max(es["time"], 1e-9) * self.info.world_size
                     bar.set_postfix_str(f"box {parts['box'].item():.3f} obj {parts['obj'].item():.3f} "
                                         f"cls {parts['cls'].item():.3f} lr {lr:.2e} {ips:.1f} img/s "
-                                        f"mem {_memory_text(self.device)}", refresh=False)
+                                        f"mem {memory_text(self.device)}", refresh=False)
                     bar.update(1)
                 if sync and self.hooks.on_step is not None:
                     self.hooks.on_step(StepInfo(self.epoch, self.step, value, lr, model))

@@ -29,9 +29,10 @@ from typing import Literal
 
 import numpy as np
 
-from detkit.engine.eval_gt import GroundTruth, _boxes_array, _boxes_fast, _read_bytes, _read_json
+from detkit.evaluate.ground_truth import GroundTruth
+from detkit.evaluate.jsonio import boxes_array, boxes_fast, read_bytes, read_json
 from detkit.errors import EvalError
-from detkit.metrics import DetTable
+from detkit.metrics.records import DetTable
 
 try:  # optional: typed decoding of COCO results JSON (~5x faster than building 500k dicts)
     import msgspec as _msgspec
@@ -178,13 +179,15 @@ def _results_columns_fast(data: bytes) -> tuple[list, list, np.ndarray, np.ndarr
     return list(map(attrgetter("image_id"), rows)), list(map(attrgetter("category_id"), rows)), boxes, scores
 
 
-def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, bool]:
-    data = _read_bytes(p)
-    fast = _results_columns_fast(data)
+def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes, fast_path: bool = True
+                       ) -> tuple[DetTable, bool]:
+    data = read_bytes(p)
+    fast = _results_columns_fast(data) if fast_path else None
     if fast is not None:
         r_img, r_cat, boxes, scores = fast
         n_rows = len(r_img)
     else:
+        log.debug("%s: reading the results with the checked reader", p)
         r_img, r_cat, r_box, r_score, n_rows = _results_columns_checked(p, data)
         boxes = scores = None
     lookup = _image_lookup(gt)
@@ -220,9 +223,9 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
                 raise EvalError(f"results[{k}]: category_id {c!r} is not a class index or name", path=p)
         keep = np.ones(n_rows, bool)
     if boxes is None:
-        boxes = _boxes_fast(r_box)
+        boxes = boxes_fast(r_box)
         if boxes is None:
-            boxes = _boxes_array(r_box, p, "results")
+            boxes = boxes_array(r_box, p, "results")
         try:
             scores = np.fromiter(r_score, np.float64, count=len(r_score))
             if scores.size != n_rows or not np.isfinite(scores).all():
@@ -238,7 +241,7 @@ def _load_coco_results(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[Det
 
 def _results_columns_checked(p: Path, data: bytes) -> tuple[list, list, list, list, int]:
     """The general path: parse to Python objects and name the first bad entry (one-line EvalError)."""
-    doc = _read_json(p, data)
+    doc = read_json(p, data)
     if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
         doc = doc["annotations"]
     if not isinstance(doc, list):
@@ -336,17 +339,20 @@ def _load_yolo(p: Path, gt: GroundTruth, classes: _Classes) -> tuple[DetTable, b
                     scores=np.array(scores, np.float64), labels=np.array(labels, np.int64)), False
 
 
-_LOADERS = {"coco": _load_coco_results, "comp4": _load_comp4, "txt": _load_txt, "yolo": _load_yolo}
+_LOADERS = {"comp4": _load_comp4, "txt": _load_txt, "yolo": _load_yolo}
 
 
 def load_predictions(path: str | os.PathLike, gt: GroundTruth, fmt: PredFormat = "auto",
-                     grow_classes: bool = False) -> tuple[DetTable, bool, list[str]]:
+                     grow_classes: bool = False, fast: bool = True) -> tuple[DetTable, bool, list[str]]:
     """Read predictions for ``gt``.
 
     Args:
         fmt: one of ``PRED_FORMATS`` ('auto' guesses from the path).
         grow_classes: classes named only in the predictions are appended to the class list
             (else they are an error).
+        fast: COCO results are decoded by msgspec's typed decoder when it is installed (falling back
+            to the checked reader, which names the bad entry, on anything unusual); False always
+            takes the checked reader. Both give identical tables.
     Returns:
         (detections, voc_pixels: True when the boxes are VOC 1-based pixels, class names).
     """
@@ -360,5 +366,8 @@ def load_predictions(path: str | os.PathLike, gt: GroundTruth, fmt: PredFormat =
     if fmt != "coco" and fmt != "comp4" and not p.is_dir():
         raise EvalError(f"'{fmt}' predictions are a folder of per-image .txt files", path=p)
     classes = _Classes(gt.class_names, grow_classes)
-    dt, voc_px = _LOADERS[fmt](p, gt, classes)
+    if fmt == "coco":
+        dt, voc_px = _load_coco_results(p, gt, classes, fast_path=fast)
+    else:
+        dt, voc_px = _LOADERS[fmt](p, gt, classes)
     return dt, voc_px, classes.names

@@ -11,10 +11,10 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detkit.data.convert_records import _Item, _Log
+from detkit.convert.records import ConvertedImage, ReportLog
 
 if TYPE_CHECKING:  # convert.py defines the options and imports this module
-    from detkit.data.convert import ConvertOptions
+    from detkit.convert.voc_to_yolo import ConvertOptions
 
 SPLIT_FILES = ("train", "val", "trainval", "test")
 
@@ -34,10 +34,10 @@ def _read_imagesets(src: Path, group: str) -> dict[str, list[str]]:
     return sets
 
 
-def _assign_splits(items: list[_Item], new_paths: dict[str, str], src: Path, opts: ConvertOptions,
-                   logs: _Log) -> tuple[dict[str, list[_Item]], dict]:
+def assign_splits(items: list[ConvertedImage], new_paths: dict[str, str], src: Path, opts: ConvertOptions,
+                   logs: ReportLog) -> tuple[dict[str, list[ConvertedImage]], dict]:
     """ImageSets/Main split where a year folder has one; a seeded random draw for the rest."""
-    splits: dict[str, list[_Item]] = {"train": [], "val": [], "test": []}
+    splits: dict[str, list[ConvertedImage]] = {"train": [], "val": [], "test": []}
     groups = sorted({it.group for it in items if it.group is not None})
     membership: dict[tuple[str, str], str] = {}
     info: dict = {"imagesets": {}, "random": 0}

@@ -124,7 +124,7 @@ def build_int8(model: torch.nn.Module, calibration: list[Path], folder: Path, si
                max_images: int = 64) -> tuple[Path, str]:
     """Quantise ``model`` into ``folder/int8.onnx`` (dynamic batch) on ``calibration`` images;
     returns the path and a note (images, seconds)."""
-    from detkit.engine.quantize import quantize_int8
+    from detkit.infer.quantize import quantize_int8
 
     res = quantize_int8(model, folder / "int8.onnx", calibration, img_size=(size, size) if size else None,
                         max_images=max_images)
@@ -141,10 +141,10 @@ def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int
     channels_last); fast fp32 (BN folded + channels_last); fast auto precision (bf16 on CPUs with
     native bf16); with ``compile`` the fast paths under torch.compile; with ``int8_calibration``
     (and onnxruntime installed) the exported float32 ONNX file and the int8 one
-    (:mod:`detkit.engine.quantize`) run by onnxruntime; pytorchyolo when importable.
+    (:mod:`detkit.infer.quantize`) run by onnxruntime; pytorchyolo when importable.
     """
-    from detkit.engine.fast import cpu_has_native_bf16, optimize_for_inference
-    from detkit.engine.loading import load_model
+    from detkit.infer.fast import cpu_has_native_bf16, optimize_for_inference
+    from detkit.infer.loading import load_model
 
     say = progress or (lambda _m: None)
     model, _ = load_model(cfg, weights, checkpoints=False, purpose="the benchmark")  # OpenCV reads darknet files only
@@ -185,8 +185,8 @@ def latency(cfg: str, weights: str, size: int = 416, batch: int = 1, warmup: int
                 lambda c=compiled: c(x), f"compile {time.perf_counter() - t0:.0f} s")
     tmp = tempfile.TemporaryDirectory(prefix="detkit-bench-onnx-")
     if int8_calibration and onnxruntime_available():
-        from detkit.engine.export import export_onnx
-        from detkit.engine.onnxrt import OnnxModel
+        from detkit.infer.export import export_onnx
+        from detkit.infer.onnxrt import OnnxModel
 
         say("exporting the float32 ONNX file and quantising the int8 one")
         threads = torch.get_num_threads()
@@ -266,7 +266,7 @@ def end_to_end_detkit(cfg: str, weights: str, names: str, images: list[Path], ou
     pipeline's wait-for-data share goes into ``note``. Python imports (torch, torchvision, the CLI
     modules) are done before the clock starts, as cv2's is for the OpenCV loop; building the
     model, loading the weights and preparing the fast path are timed."""
-    import detkit.engine.predict  # noqa: F401  (imports torchvision)
+    import detkit.infer.predict  # noqa: F401  (imports torchvision)
     from detkit.cli import build_parser, main
 
     build_parser()  # imports every command module
@@ -313,10 +313,12 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
     data.yaml), detections kept down to 0.005: plain float32 model, fast fp32, fast auto precision
     and, with ``int8`` (and onnxruntime installed), the int8 ONNX file calibrated on up to 200
     images of the training split."""
-    from detkit.engine.evaluate import load_yolo_gt, prepare_tables
-    from detkit.engine.loading import load_model
-    from detkit.engine.predict import Predictor
-    from detkit.metrics import DetTable, evaluate
+    from detkit.evaluate.ground_truth import load_yolo_gt
+    from detkit.evaluate.run import prepare_tables
+    from detkit.infer.loading import load_model
+    from detkit.infer.predict import Predictor
+    from detkit.metrics.records import DetTable
+    from detkit.metrics.evaluator import evaluate
 
     gt = load_yolo_gt(data)
     model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
@@ -328,7 +330,7 @@ def accuracy(cfg: str, weights: str, data: str, size: int | None = None, batch: 
     tmp = tempfile.TemporaryDirectory(prefix="detkit-bench-int8-")
     if int8 and onnxruntime_available():
         from detkit.data.datafiles import load_data_config
-        from detkit.engine.onnxrt import OnnxModel
+        from detkit.infer.onnxrt import OnnxModel
 
         train = load_data_config(data).train
         if train:
@@ -406,7 +408,7 @@ def machine_line(threads: int) -> str:
 
     import cv2
 
-    from detkit.engine.fast import cpu_has_native_bf16
+    from detkit.infer.fast import cpu_has_native_bf16
 
     cpu = platform.processor() or platform.machine()
     try:

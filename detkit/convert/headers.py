@@ -36,7 +36,7 @@ def _exif_orientation(tiff: bytes) -> int:
     return 1
 
 
-def _fast_size(head: bytes) -> tuple[int, int] | None:
+def fast_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) after EXIF orientation from a JPEG's markers or a PNG's IHDR; None: ask PIL.
 
     Same answer as :func:`detkit.data.images.read_image_size` (tested), without building a PIL
@@ -84,7 +84,7 @@ def _fast_size(head: bytes) -> tuple[int, int] | None:
 _HEAD_BYTES = 128 * 1024
 
 
-def _check_image(path: str) -> tuple[int, int]:
+def check_image(path: str) -> tuple[int, int]:
     """Real (width, height) after EXIF orientation; raises ImageError for unreadable/truncated files.
 
     The header gives the size (fast marker parser, PIL for anything else); a JPEG without an
@@ -101,7 +101,7 @@ def _check_image(path: str) -> tuple[int, int]:
                 tail = head
     except OSError:
         return read_image_size(path)  # raises ImageError with the reason
-    size = _fast_size(head)
+    size = fast_size(head)
     if size is None:
         size = read_image_size(path)
     if head[:2] == b"\xff\xd8":

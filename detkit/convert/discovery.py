@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from detkit.data.convert_records import _Log
+from detkit.convert.records import ReportLog
 from detkit.data.datafiles import IMAGE_EXTENSIONS
 from detkit.data.records import ImageRecord
 
@@ -34,7 +34,7 @@ def _rel(p: str) -> str:
     return p.replace(os.sep, "/")
 
 
-def _inside(path: Path, root: Path) -> bool:
+def inside(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
         return True
@@ -42,7 +42,7 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _walk(src: Path, logs: _Log) -> _Tree:
+def walk_source(src: Path, logs: ReportLog) -> _Tree:
     """List SRC (sorted, symlinked folders not followed, symlinks leading outside SRC skipped)."""
     real_src = src.resolve()
     xmls, images = [], []
@@ -70,7 +70,7 @@ def _walk(src: Path, logs: _Log) -> _Tree:
                 except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
                     logs.skip(rel, "symlink_loop", "symbolic link loop (not followed)")
                     continue
-                if not _inside(target, real_src):
+                if not inside(target, real_src):
                     logs.skip(rel, "symlink_outside", "symbolic link leading outside SRC (not followed)")
                     continue
                 if not os.path.isfile(e.path):
@@ -87,7 +87,7 @@ def _walk(src: Path, logs: _Log) -> _Tree:
     return _Tree(xmls, images, index, year_roots)
 
 
-def _in_year_folder_outside_jpegimages(rel: str, year_roots: set[str]) -> bool:
+def in_year_folder_outside_jpegimages(rel: str, year_roots: set[str]) -> bool:
     """True for e.g. ``VOC2012/SegmentationClass/x.png``: part of a year folder, not a detection image."""
     for root in year_roots:
         prefix = f"{root}/" if root else ""
@@ -115,7 +115,7 @@ def _lookup(tree: _Tree, folder: str, name: str) -> str | None:
     return f"{sub}/{real}" if sub else real
 
 
-def _find_image(tree: _Tree, image_dir: str, rec: ImageRecord, xml_rel: str, logs: _Log) -> str | None:
+def find_image(tree: _Tree, image_dir: str, rec: ImageRecord, xml_rel: str, logs: ReportLog) -> str | None:
     fname = rec.filename.strip()
     if fname and _unsafe_filename(fname):
         logs.warn(xml_rel, "unsafe_filename",

@@ -15,19 +15,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from detkit.data.convert_records import _Log
+from detkit.convert.records import ReportLog
 from detkit.data.records import ImageRecord
 
 if TYPE_CHECKING:  # convert.py defines the options and imports this module
-    from detkit.data.convert import ConvertOptions
+    from detkit.convert.voc_to_yolo import ConvertOptions
 
 #: Boxes sticking out of the image by at most this many pixels are clipped without a warning
 #: (0-based annotators write ``xmin = 0``; VOC's 1-based rule then puts x1 at -1).
 CLIP_SILENT_PX = 1.0
 
 
-def _convert_boxes(rec: ImageRecord, w: int, h: int, xml_rel: str, opts: ConvertOptions,
-                   known: set[str] | None, unknown: Counter, logs: _Log, counters: Counter
+def convert_boxes(rec: ImageRecord, w: int, h: int, xml_rel: str, opts: ConvertOptions,
+                   known: set[str] | None, unknown: Counter, logs: ReportLog, counters: Counter
                    ) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:
     rows, difficult_names = [], []
     for i, o in enumerate(rec.objects, 1):

@@ -1,19 +1,19 @@
 """Internal records of one ``detkit convert-voc`` run, shared by the ``convert_*`` modules.
 
-* :class:`_Item`: one converted image while OUT is being built (paths, real size, YOLO rows);
-* :class:`_Log`: the warnings and skipped files that go into ``convert_report.json``;
-* ``log``: the engine's logger (named ``detkit.data.convert``, as before the modules were split).
+* :class:`ConvertedImage`: one converted image while OUT is being built (paths, real size, YOLO rows);
+* :class:`ReportLog`: the warnings and skipped files that go into ``convert_report.json``;
+* ``log``: the engine's logger (named ``detkit.convert.voc_to_yolo``, as before the modules were split).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-log = logging.getLogger("detkit.data.convert")
+log = logging.getLogger("detkit.convert.voc_to_yolo")
 
 
 @dataclass
-class _Item:
+class ConvertedImage:
     """One converted image (internal, mutable while building)."""
 
     xml_rel: str
@@ -27,7 +27,7 @@ class _Item:
     difficult_names: list[str]
 
 
-class _Log:
+class ReportLog:
     """Collects warnings and skipped files for the report (paths relative to SRC)."""
 
     def __init__(self) -> None:

@@ -63,7 +63,7 @@ def load_model(cfg: str | os.PathLike, weights: str | os.PathLike, num_classes: 
         CfgError: a bad cfg.
     """
     from detkit.darknet.model import build_model
-    from detkit.engine.checkpoint import is_checkpoint_file, load_checkpoint
+    from detkit.checkpoint import is_checkpoint_file, load_checkpoint
 
     if cutoff is not None and strict:
         raise ValueError("cutoff leaves layers uninitialised: it needs strict=False")
@@ -144,13 +144,13 @@ def _load_darknet(model: DarknetModel, w: Path, cfg: str | os.PathLike, strict: 
 
 def load_onnx_model(weights: str | os.PathLike, num_classes: int | None = None, *,
                     classes_from: str = "the model", names_file: str | os.PathLike | None = None):
-    """An exported ``.onnx`` detector run by onnxruntime (:class:`~detkit.engine.onnxrt.OnnxModel`),
+    """An exported ``.onnx`` detector run by onnxruntime (:class:`~detkit.infer.onnxrt.OnnxModel`),
     its class count checked against ``num_classes``.
 
     Raises:
         WeightsError: missing or unloadable file, not a detkit detector, or a class count mismatch.
     """
-    from detkit.engine.onnxrt import OnnxModel
+    from detkit.infer.onnxrt import OnnxModel
 
     model = OnnxModel(weights)
     if num_classes is not None and model.num_classes != num_classes:

@@ -14,30 +14,23 @@ Ground truth (``load_ground_truth``):
 Coordinates: VOC XML boxes are VOC 1-based inclusive pixels (``GroundTruth.voc_pixels``); COCO
 and YOLO boxes are continuous pixels (``x1 = xmin - 1``, ``x2 = xmax``, see detkit.boxes).
 
-Also the JSON helpers shared with :mod:`detkit.engine.eval_preds` (``_read_bytes``,
-``_read_json`` with the orjson fast path, ``_boxes_array`` / ``_boxes_fast``).
+JSON parsing (orjson fast path, one-line errors) lives in :mod:`detkit.evaluate.jsonio`.
 """
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from detkit.errors import AnnotationError, EvalError
-from detkit.metrics import GTTable
+from detkit.evaluate.jsonio import boxes_array, json_number, read_json
+from detkit.metrics.records import GTTable
 
-try:  # optional accelerator for large results files
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
 
 log = logging.getLogger(__name__)
 
@@ -72,77 +65,6 @@ class GroundTruth:
 
 # --------------------------------------------------------------------------- helpers
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise AnnotationError(f"cannot read JSON: {exc.strerror or exc}", path=path) from None
-
-
-def _read_json(path: Path, data: bytes | None = None):
-    """Parse a JSON file (orjson when installed: same numbers as the json module, ~2x faster).
-
-    The cyclic garbage collector is paused while the document is built: the parsers allocate
-    millions of containers (dicts, lists), each allocation batch would otherwise trigger a
-    collection pass over all of them (2-3x the parse time on a 500k-detection results file).
-    """
-    if data is None:
-        data = _read_bytes(path)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if _orjson is not None:
-            return _orjson.loads(data)
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
-        line = getattr(exc, "lineno", None)
-        raise AnnotationError(f"invalid JSON: {getattr(exc, 'msg', exc)}", path=path, line=line) from None
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _num(v, what: str, path: Path, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise AnnotationError(f"{where}: {what} must be a number, got {v!r}", path=path)
-    f = float(v)
-    if not math.isfinite(f):
-        raise AnnotationError(f"{where}: {what} is not finite: {v!r}", path=path)
-    return f
-
-
-def _boxes_array(items: list, path: Path, where: str) -> np.ndarray:
-    """List of 4-number lists -> (N, 4) float64; on any problem find and name the bad entry."""
-    try:
-        arr = np.array(items, dtype=np.float64)
-        if arr.size == 0:
-            return arr.reshape(0, 4)
-        if arr.ndim == 2 and arr.shape[1] == 4 and np.isfinite(arr).all():
-            if not any(isinstance(x, bool) for b in items[:1] for x in b):
-                return arr
-    except (TypeError, ValueError):
-        pass
-    for i, b in enumerate(items):
-        if not isinstance(b, (list, tuple)) or len(b) != 4:
-            raise AnnotationError(f"{where}[{i}]: bbox must be [x, y, w, h], got {b!r}", path=path)
-        for v in b:
-            _num(v, "bbox value", path, f"{where}[{i}]")
-    raise AnnotationError(f"{where}: bbox values must be numbers", path=path)  # pragma: no cover
-
-
-def _boxes_fast(items: list) -> np.ndarray | None:
-    """Fast path of :func:`_boxes_array` for a clean list of 4-number lists (None: take the slow,
-    error-reporting path)."""
-    try:
-        if items and set(map(len, items)) != {4}:
-            return None
-        arr = np.fromiter(chain.from_iterable(items), np.float64, count=4 * len(items)).reshape(-1, 4)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return arr if np.isfinite(arr).all() else None
-
-
 def _stem_ids(paths: Sequence[Path], source: Path) -> list[str]:
     ids = [p.stem for p in paths]
     seen: dict[str, Path] = {}
@@ -159,7 +81,7 @@ def _stem_ids(paths: Sequence[Path], source: Path) -> list[str]:
 def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
     """Read a COCO annotations JSON (bbox only; segmentation ignored)."""
     p = Path(path)
-    doc = _read_json(p)
+    doc = read_json(p)
     if not isinstance(doc, dict):
         raise AnnotationError("COCO annotations JSON must be an object with images/annotations/categories", path=p)
     for key in ("images", "annotations", "categories"):
@@ -179,7 +101,7 @@ def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
         if w is None or h is None:
             sizes.append((math.nan, math.nan))
         else:
-            w, h = _num(w, "width", p, f"images[{i}]"), _num(h, "height", p, f"images[{i}]")
+            w, h = json_number(w, "width", p, f"images[{i}]"), json_number(h, "height", p, f"images[{i}]")
             if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
                 raise AnnotationError(f"images[{i}]: absurd size {w}x{h}", path=p)
             sizes.append((w, h))
@@ -234,7 +156,7 @@ def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
         dropped = len(anns) - len(keep)
         log.warning("%s: %d annotations refer to images or categories not listed; ignored (as pycocotools)",
                     p, dropped)
-    boxes = _boxes_array([a_box[i] for i in keep], p, "annotations")
+    boxes = boxes_array([a_box[i] for i in keep], p, "annotations")
     sel = [anns[i] for i in keep]
     area, crowd, aid = [], [], []
     for j, a in enumerate(sel):
@@ -242,7 +164,7 @@ def load_coco_gt(path: str | os.PathLike) -> GroundTruth:
         if ar is None:
             area.append(boxes[j, 2] * boxes[j, 3])
         else:
-            area.append(_num(ar, "area", p, f"annotations[{keep[j]}]"))
+            area.append(json_number(ar, "area", p, f"annotations[{keep[j]}]"))
         crowd.append(bool(a.get("iscrowd", 0)))
         aid.append(a.get("id", keep[j] + 1))
     try:

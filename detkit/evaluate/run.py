@@ -1,11 +1,11 @@
 """Score ground truth and predictions read from files (or produced by a model) with detkit.metrics.
 
-This module orchestrates: :mod:`detkit.engine.eval_gt` reads the ground truth
+This module orchestrates: :mod:`detkit.evaluate.ground_truth` reads the ground truth
 (``load_ground_truth``: COCO JSON, Pascal VOC XML, YOLO/darknet datasets) and
-:mod:`detkit.engine.eval_preds` the predictions (``load_predictions``: COCO results JSON,
+:mod:`detkit.evaluate.predictions` the predictions (``load_predictions``: COCO results JSON,
 ``comp4``, per-image ``txt`` and normalised ``yolo`` files); here they are brought into one
 coordinate space (``prepare_tables``) and scored (``evaluate_files``, ``evaluate_model``). The
-readers' public names are re-exported, so ``detkit.engine.evaluate`` stays their import path.
+readers' public names are re-exported, so ``detkit.evaluate.run`` stays their import path.
 
 Coordinates: VOC XML, ``comp4`` and ``txt`` boxes are VOC 1-based inclusive pixels; COCO and
 YOLO boxes are continuous pixels (``x1 = xmin - 1``, ``x2 = xmax``, see detkit.boxes). For the
@@ -21,17 +21,13 @@ from typing import Sequence
 
 import numpy as np
 
-from detkit.engine.eval_gt import (MAX_IMAGE_SIDE, GroundTruth, load_coco_gt, load_ground_truth, load_voc_gt,
-                                   load_yolo_gt)
-from detkit.engine.eval_preds import PRED_FORMATS, PredFormat, detect_pred_format, load_predictions
-from detkit.errors import AnnotationError, EvalError
-from detkit.metrics import DetTable, EvalReport, GTTable, evaluate
+from detkit.evaluate.ground_truth import (GroundTruth, load_ground_truth, load_yolo_gt)
+from detkit.evaluate.predictions import PredFormat, load_predictions
+from detkit.errors import EvalError
+from detkit.metrics.records import DetTable, GTTable
+from detkit.metrics.report import EvalReport
+from detkit.metrics.evaluator import evaluate
 
-__all__ = [
-    "MAX_IMAGE_SIDE", "PRED_FORMATS", "AnnotationError", "EvalError", "EvalRun", "GroundTruth", "PredFormat",
-    "detect_pred_format", "evaluate_files", "evaluate_model", "load_coco_gt", "load_ground_truth",
-    "load_predictions", "load_voc_gt", "load_yolo_gt", "predictions_to_coco_json", "prepare_tables",
-]
 
 
 # --------------------------------------------------------------------------- conversion + scoring
@@ -110,12 +106,12 @@ def evaluate_model(cfg: str | os.PathLike | None, weights: str | os.PathLike, da
     score the detections like :func:`evaluate_files` (continuous pixels, no +1 unless forced).
     ``weights`` may be an exported ``.onnx`` file (float32 or int8; then ``cfg`` is not needed).
 
-    Detections come from :class:`detkit.engine.predict.Predictor` (letterbox, per-class NMS,
+    Detections come from :class:`detkit.infer.predict.Predictor` (letterbox, per-class NMS,
     boxes in original pixels), kept down to ``pred_conf`` so AP sees the whole PR curve.
     """
-    from detkit.engine.loading import load_model, load_onnx_model
-    from detkit.engine.onnxrt import is_onnx_file
-    from detkit.engine.predict import Predictor
+    from detkit.infer.loading import load_model, load_onnx_model
+    from detkit.infer.onnxrt import is_onnx_file
+    from detkit.infer.predict import Predictor
 
     gt = load_yolo_gt(data, names)
     if is_onnx_file(weights):  # an exported file (float32 or int8) run by onnxruntime; cfg unused

@@ -13,7 +13,8 @@ def validate(model: nn.Module, loader, class_names: list[str], device: torch.dev
              conf_thres: float, nms_thres: float, channels_last: bool) -> float:
     """VOC all-point mAP@0.5 of ``model`` on the validation loader (in network-input pixels; the
     letterbox is a uniform scale + shift, so IoUs are those of the original images)."""
-    from detkit.metrics import ImageDets, ImageGT, evaluate
+    from detkit.metrics.records import ImageDets, ImageGT
+    from detkit.metrics.evaluator import evaluate
     from detkit.yolo.postprocess import postprocess
 
     was_training = model.training

@@ -4,13 +4,13 @@ This module holds the options and result types, :func:`convert_voc` (the run: wa
 each XML, find and check its image, convert its boxes, choose the splits, build OUT) and the
 report helpers :func:`imbalance_warning` and :func:`summary_table`. The steps live in:
 
-* :mod:`detkit.data.convert_discovery`: the SRC layouts recognised, the walk, how an XML's image is found;
-* :mod:`detkit.data.convert_headers`: each image's real size from its JPEG/PNG header (EXIF orientation applied);
-* :mod:`detkit.data.convert_boxes`: the box rule (VOC pixels -> YOLO values, ``legacy_offset``);
-* :mod:`detkit.data.convert_splits`: ImageSets/Main splits and the seeded random draw;
-* :mod:`detkit.data.convert_output`: OUT built aside and renamed into place (never half-written,
+* :mod:`detkit.convert.discovery`: the SRC layouts recognised, the walk, how an XML's image is found;
+* :mod:`detkit.convert.headers`: each image's real size from its JPEG/PNG header (EXIF orientation applied);
+* :mod:`detkit.convert.boxes`: the box rule (VOC pixels -> YOLO values, ``legacy_offset``);
+* :mod:`detkit.convert.splits`: ImageSets/Main splits and the seeded random draw;
+* :mod:`detkit.convert.output`: OUT built aside and renamed into place (never half-written,
   SRC only read), the checks on an existing OUT, the file writes;
-* :mod:`detkit.data.convert_records`: the per-image records and the report's warning log.
+* :mod:`detkit.convert.records`: the per-image records and the report's warning log.
 
 See docs/convert.md for the OUT layout and the report fields.
 """
@@ -24,30 +24,22 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import yaml
 
-from detkit.data.convert_boxes import CLIP_SILENT_PX, _convert_boxes
-from detkit.data.convert_discovery import _find_image, _in_year_folder_outside_jpegimages, _walk
-from detkit.data.convert_headers import _check_image, _fast_size
-from detkit.data.convert_output import (OUT_ENTRIES, REPORT_NAME, TOOL, _check_paths, _clean_stale, _has_files,
-                                        _place_image, _write, _write_new)
-from detkit.data.convert_records import _Item, _Log
-from detkit.data.convert_splits import SPLIT_FILES, _assign_splits
+from detkit.convert.boxes import convert_boxes
+from detkit.convert.discovery import find_image, in_year_folder_outside_jpegimages, walk_source
+from detkit.convert.headers import check_image
+from detkit.convert.output import (REPORT_NAME, TOOL, check_paths, clean_stale, has_files,
+                                        place_image, write_text, write_new)
+from detkit.convert.records import ConvertedImage, ReportLog
+from detkit.convert.splits import assign_splits
 from detkit.data.datafiles import IMAGE_EXTENSIONS, format_yolo_labels
 from detkit.data.sanitize import sanitize_paths
 from detkit.data.voc import read_voc_annotation
 from detkit.errors import AnnotationError, DataError, ImageError
 
-__all__ = [
-    "ClassStats", "ConvertOptions", "ConvertResult", "convert_voc", "imbalance_warning", "summary_table",
-    # constants defined beside the code that uses them
-    "CLIP_SILENT_PX", "EXT_ALIASES", "OUT_ENTRIES", "REPORT_NAME", "SPLIT_FILES", "TOOL",
-    # internals that tests reach through this module; convert_voc calls _write and _write_new by
-    # their names here, so patching them on this module still reaches the code that runs
-    "_check_image", "_fast_size", "_write", "_write_new",
-]
 
 #: Output extensions: ``.jpeg`` is renamed ``.jpg`` (same bytes); BMP is re-encoded as lossless PNG,
 #: because pjreddie's darknet derives label paths only from ``.jpg``/``.png``/``.JPG``/``.JPEG``.
@@ -65,7 +57,7 @@ class ConvertOptions:
         seed: seed of that draw.
         difficult: ``"skip"`` leaves difficult objects out of the labels, ``"keep"`` writes them.
         link: ``"link"`` hard-links images (copies where the file system refuses), ``"copy"`` copies.
-        legacy_offset: darknet ``voc_label.py`` arithmetic (see :mod:`detkit.data.convert_boxes`).
+        legacy_offset: darknet ``voc_label.py`` arithmetic (see :mod:`detkit.convert.boxes`).
         strict: any warning is an error (nothing is written).
         force: replace an existing OUT even when it is not an earlier detkit output.
         progress: show a tqdm progress bar.
@@ -109,9 +101,13 @@ class ConvertResult:
         return self.out / REPORT_NAME
 
 
-def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions()
-                ) -> ConvertResult:
+def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions(),
+                *, on_write: Callable[[Path], None] | None = None) -> ConvertResult:
     """Convert the VOC dataset under ``src`` into a YOLO dataset folder ``out``.
+
+    ``on_write`` is called with the path of each dataset file (lists, names, data files, map,
+    report) just before it is written into the build folder; an exception it raises aborts the
+    run like any other (OUT is left as it was).
 
     Returns:
         :class:`ConvertResult` (counts, warnings, skipped files; the same as OUT's report).
@@ -122,6 +118,11 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     """
     src, out = Path(src).absolute(), Path(out).absolute()
     opts = options
+
+    def write(path: Path, text: str) -> None:
+        if on_write is not None:
+            on_write(path)
+        write_text(path, text)
     if opts.difficult not in ("skip", "keep"):
         raise DataError(f"difficult must be 'skip' or 'keep', got {opts.difficult!r}")
     if not 0.0 <= opts.val_fraction < 1.0:
@@ -130,14 +131,14 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         dup = [n for n, c in Counter(opts.names).items() if c > 1]
         if dup or not opts.names:
             raise DataError(f"class names must be unique and non-empty, got duplicates {dup}")
-    _check_paths(src, out, opts.force)
+    check_paths(src, out, opts.force)
 
-    logs = _Log()
-    tree = _walk(src, logs)
+    logs = ReportLog()
+    tree = walk_source(src, logs)
     known = set(opts.names) if opts.names is not None else None
     unknown: Counter = Counter()
     counters: Counter = Counter()
-    items: list[_Item] = []
+    items: list[ConvertedImage] = []
     claimed: dict[str, str] = {}
 
     iterator = tree.xmls
@@ -159,7 +160,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             msg = exc.message + (f" (line {exc.line})" if exc.line else "")
             logs.skip(xml_rel, "bad_xml", msg)
             continue
-        image_rel = _find_image(tree, image_dir, rec, xml_rel, logs)
+        image_rel = find_image(tree, image_dir, rec, xml_rel, logs)
         if image_rel is None:
             logs.skip(xml_rel, "no_image", f"no image for this annotation in {image_dir or '.'}/ "
                       f"(<filename> {rec.filename!r}, or the XML's stem with {', '.join(IMAGE_EXTENSIONS)})")
@@ -168,7 +169,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             logs.skip(xml_rel, "duplicate_annotation", f"image {image_rel!r} is already annotated by {claimed[image_rel]!r}")
             continue
         try:
-            w, h = _check_image(os.path.join(src, image_rel))
+            w, h = check_image(os.path.join(src, image_rel))
         except ImageError as exc:
             claimed[image_rel] = xml_rel
             logs.skip(image_rel, "bad_image", exc.message)
@@ -180,21 +181,21 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             hint = " (width and height swapped: EXIF rotation?)" if (rec.width, rec.height) == (h, w) else ""
             logs.warn(xml_rel, "size_mismatch", f"<size> {rec.width}x{rec.height} disagrees with the image's "
                       f"real size {w}x{h}{hint}; boxes normalised by the real size")
-        rows, diff_names = _convert_boxes(rec, w, h, xml_rel, opts, known, unknown, logs, counters)
+        rows, diff_names = convert_boxes(rec, w, h, xml_rel, opts, known, unknown, logs, counters)
         counters["objects_read"] += len(rec.objects)
         if group is not None:
             inner = image_rel[len(image_dir) + 1:]
             logical = f"{group}/{inner}" if group else inner
         else:
             logical = image_rel
-        items.append(_Item(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names))
+        items.append(ConvertedImage(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names))
 
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
     year_other = 0
     for rel in tree.images:
         if rel not in claimed:
-            if _in_year_folder_outside_jpegimages(rel, tree.year_roots):
+            if in_year_folder_outside_jpegimages(rel, tree.year_roots):
                 year_other += 1  # SegmentationClass/, SegmentationObject/ ...: not detection images
                 continue
             logs.skip(rel, "no_annotation", "image without an XML annotation")
@@ -227,12 +228,12 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     # names, splits
     mapping = sanitize_paths((it.logical for it in items), ext_aliases=EXT_ALIASES)
     new_paths = {it.image_rel: mapping[it.logical] for it in items}
-    splits, split_info = _assign_splits(items, new_paths, src, opts, logs)
+    splits, split_info = assign_splits(items, new_paths, src, opts, logs)
     if opts.strict and logs.warnings:
         raise DataError(f"--strict: {logs.warnings[0]['file']}: {logs.warnings[0]['message']}", path=src)
 
     # build in a sibling folder, then swap it in
-    _clean_stale(out)
+    clean_stale(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -258,10 +259,10 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
                 os.makedirs(os.path.join(tmp_s, "images", folder), exist_ok=True)
                 os.makedirs(os.path.join(tmp_s, "labels", folder), exist_ok=True)
                 made_dirs.add(folder)
-            modes[_place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link)] += 1
+            modes[place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link)] += 1
             text = format_yolo_labels([(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects])
             label = os.path.join(tmp_s, "labels", stem + ".txt")
-            _write_new(label, text)
+            write_new(label, text)
             side = os.path.join(tmp_s, "images", stem + ".txt")  # AlexeyAB's darknet looks beside the image
             try:
                 os.link(label, side)
@@ -278,22 +279,22 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
 
         split_names = ["train", "val"] + (["test"] if splits["test"] else [])
         for s in split_names:
-            _write(tmp / f"{s}.txt", "".join(f"./images/{new_paths[it.image_rel]}\n" for it in splits[s]))
-        _write(tmp / "obj.names", "".join(f"{n}\n" for n in class_names))
-        _write(tmp / "obj.data", f"classes = {len(class_names)}\ntrain = train.txt\nvalid = val.txt\n"
+            write(tmp / f"{s}.txt", "".join(f"./images/{new_paths[it.image_rel]}\n" for it in splits[s]))
+        write(tmp / "obj.names", "".join(f"{n}\n" for n in class_names))
+        write(tmp / "obj.data", f"classes = {len(class_names)}\ntrain = train.txt\nvalid = val.txt\n"
                                  "names = obj.names\nbackup = backup/\n")
         doc = {"train": "train.txt", "val": "val.txt"}
         if splits["test"]:
             doc["test"] = "test.txt"
         doc["nc"] = len(class_names)
         doc["names"] = list(class_names)
-        _write(tmp / "data.yaml", "# written by detkit convert-voc; paths are relative to this file's folder\n"
+        write(tmp / "data.yaml", "# written by detkit convert-voc; paths are relative to this file's folder\n"
                + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
         wr.writerow(("source", "output", "kind"))
         wr.writerows((s, o, k) for k, s, o in rename_rows)
-        _write(tmp / "rename_map.csv", buf.getvalue())
+        write(tmp / "rename_map.csv", buf.getvalue())
 
         per_class = {n: ClassStats(per_class_img[n], per_class_obj[n], per_class_diff[n]) for n in class_names}
         report = {
@@ -323,7 +324,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             "warnings": logs.warnings,
             "skipped": logs.skipped,
         }
-        _write(tmp / REPORT_NAME, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        write(tmp / REPORT_NAME, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -334,7 +335,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
-        if _has_files(old / "backup"):  # darknet's weights from training on the previous output: keep them
+        if has_files(old / "backup"):  # darknet's weights from training on the previous output: keep them
             os.rmdir(out / "backup")
             os.replace(old / "backup", out / "backup")
         shutil.rmtree(old, ignore_errors=True)

@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from detkit.data.convert_discovery import _inside
-from detkit.data.convert_records import log
+from detkit.convert.discovery import inside
+from detkit.convert.records import log
 from detkit.errors import DataError
 
 TOOL = "detkit convert-voc"
@@ -43,11 +43,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _has_files(folder: Path) -> bool:
+def has_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _clean_stale(out: Path) -> None:
+def clean_stale(out: Path) -> None:
     """Tidy up after killed runs (their process is gone).
 
     A build folder (``.OUT.tmp-<pid>``) is deleted. A previous output moved aside
@@ -66,19 +66,19 @@ def _clean_stale(out: Path) -> None:
             if tag == ".old-" and not out.exists():
                 os.replace(p, out)
                 log.warning("restored %s from an interrupted run", out)
-            elif _has_files(p / "backup"):
+            elif has_files(p / "backup"):
                 log.warning("left %s in place: its backup/ holds files", p)
             else:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _place_image(src: str, dst: str, mode: str) -> str:
+def place_image(src: str, dst: str, mode: str) -> str:
     if os.path.splitext(src)[1].lower() == ".bmp":
         from PIL import Image  # BMP -> PNG, pixel-identical
         with Image.open(src) as im:
             buf = io.BytesIO()
             im.save(buf, "PNG")
-        _write_new(dst, buf.getvalue())
+        write_new(dst, buf.getvalue())
         return "png"
     if mode == "link":
         try:
@@ -90,7 +90,7 @@ def _place_image(src: str, dst: str, mode: str) -> str:
     return "copy"
 
 
-def _write_new(path: str, data: str | bytes) -> None:
+def write_new(path: str, data: str | bytes) -> None:
     """Create a new file inside the build folder (the folder as a whole is renamed into place)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -101,19 +101,19 @@ def _write_new(path: str, data: str | bytes) -> None:
         os.close(fd)
 
 
-def _write(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
 
 
-def _check_paths(src: Path, out: Path, force: bool) -> None:
+def check_paths(src: Path, out: Path, force: bool) -> None:
     if not src.is_dir():
         raise DataError("SRC is not a folder", path=src)
     rs, ro = src.resolve(), out.resolve()
-    if _inside(ro, rs):
+    if inside(ro, rs):
         raise DataError(f"OUT must not be inside SRC ({src}): SRC is never modified", path=out)
-    if _inside(rs, ro):
+    if inside(rs, ro):
         raise DataError(f"OUT must not contain SRC ({src})", path=out)
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():

@@ -1,1 +1,0 @@
-"""Engine: prediction and training loops around the model."""
