@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from detkit.convert.headers import check_image, fast_size
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, imbalance_warning
+from detkit.convert.options import ConvertOptions
+from detkit.convert.summary import imbalance_warning
+from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import label_path_for, load_data_config, read_names, read_yolo_labels
 from detkit.errors import DataError
 from helpers import tree_digest
@@ -628,7 +630,7 @@ def test_data_files_readable(tmp_path, monkeypatch):
 
 
 def test_imbalance_warning():
-    from detkit.convert.voc_to_yolo import ClassStats
+    from detkit.convert.options import ClassStats
     assert imbalance_warning({"a": ClassStats(5, 100, 0), "b": ClassStats(5, 9, 0)}) is not None
     assert imbalance_warning({"a": ClassStats(5, 100, 0), "b": ClassStats(5, 10, 0)}) is None
     assert imbalance_warning({"a": ClassStats(5, 100, 0)}) is None

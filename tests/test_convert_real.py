@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
+from detkit.convert.options import ConvertOptions
+from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import load_data_config, read_yolo_labels
 
 from helpers import tree_digest

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
+from detkit.convert.options import ConvertOptions
+from detkit.convert.voc_to_yolo import convert_voc
 
 
 def generate(root: Path, n: int, seed: int = 0) -> int:

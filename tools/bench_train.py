@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc  # noqa: E402
+from detkit.convert.options import ConvertOptions
+from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import read_list_file, write_list_file, write_text_atomic  # noqa: E402
 from detkit.train.hooks import TrainHooks
 from detkit.train.settings import resolve_settings

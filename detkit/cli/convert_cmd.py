@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, imbalance_warning, summary_table
+from detkit.convert.options import ConvertOptions
+from detkit.convert.summary import imbalance_warning, summary_table
+from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import read_names
 
 

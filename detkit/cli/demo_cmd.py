@@ -177,7 +177,9 @@ def _run_stages(settings: DemoSettings, echo) -> DemoResult:
     from detkit.darknet.cfg import resolve_cfg
     from detkit.darknet.specs import parse_network, patch_anchors
     from detkit.data.anchors import dataset_anchors, format_anchors
-    from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc, summary_table
+    from detkit.convert.options import ConvertOptions
+    from detkit.convert.summary import summary_table
+    from detkit.convert.voc_to_yolo import convert_voc
     from detkit.data.datafiles import load_data_config, write_text_atomic
     from detkit.data.synth import generate_voc_dataset
     from detkit.evaluate import run as ev

@@ -13,13 +13,10 @@ image dropped, boxes sticking out clipped -- each reported.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
+from detkit.convert.options import ConvertOptions
 from detkit.convert.records import ReportLog
 from detkit.data.records import ImageRecord
-
-if TYPE_CHECKING:  # convert.py defines the options and imports this module
-    from detkit.convert.voc_to_yolo import ConvertOptions
 
 #: Boxes sticking out of the image by at most this many pixels are clipped without a warning
 #: (0-based annotators write ``xmin = 0``; VOC's 1-based rule then puts x1 at -1).

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from detkit.convert.options import ConvertOptions
 from detkit.convert.records import ConvertedImage, ReportLog
-
-if TYPE_CHECKING:  # convert.py defines the options and imports this module
-    from detkit.convert.voc_to_yolo import ConvertOptions
 
 SPLIT_FILES = ("train", "val", "trainval", "test")
 

@@ -1,8 +1,9 @@
 """``detkit convert-voc``: Pascal VOC XML datasets -> a YOLO/darknet dataset folder.
 
-This module holds the options and result types, :func:`convert_voc` (the run: walk SRC, read
-each XML, find and check its image, convert its boxes, choose the splits, build OUT) and the
-report helpers :func:`imbalance_warning` and :func:`summary_table`. The steps live in:
+This module holds :func:`convert_voc` (the run: walk SRC, read each XML, find and check its
+image, convert its boxes, choose the splits, build OUT). Its API types are in
+:mod:`detkit.convert.options`, the printed table and imbalance warning in
+:mod:`detkit.convert.summary`. The steps live in:
 
 * :mod:`detkit.convert.discovery`: the SRC layouts recognised, the walk, how an XML's image is found;
 * :mod:`detkit.convert.headers`: each image's real size from its JPEG/PNG header (EXIF orientation applied);
@@ -22,17 +23,29 @@ import json
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import yaml
 
 from detkit.convert.boxes import convert_boxes
-from detkit.convert.discovery import find_image, in_year_folder_outside_jpegimages, walk_source
+from detkit.convert.discovery import (
+    find_image,
+    in_year_folder_outside_jpegimages,
+    walk_source,
+)
 from detkit.convert.headers import check_image
-from detkit.convert.output import (REPORT_NAME, TOOL, check_paths, clean_stale, has_files,
-                                        place_image, write_text, write_new)
+from detkit.convert.options import ClassStats, ConvertOptions, ConvertResult
+from detkit.convert.output import (
+    REPORT_NAME,
+    TOOL,
+    check_paths,
+    clean_stale,
+    has_files,
+    place_image,
+    write_new,
+    write_text,
+)
 from detkit.convert.records import ConvertedImage, ReportLog
 from detkit.convert.splits import assign_splits
 from detkit.data.datafiles import IMAGE_EXTENSIONS, format_yolo_labels
@@ -40,65 +53,9 @@ from detkit.data.sanitize import sanitize_paths
 from detkit.data.voc import read_voc_annotation
 from detkit.errors import AnnotationError, DataError, ImageError
 
-
 #: Output extensions: ``.jpeg`` is renamed ``.jpg`` (same bytes); BMP is re-encoded as lossless PNG,
 #: because pjreddie's darknet derives label paths only from ``.jpg``/``.png``/``.JPG``/``.JPEG``.
 EXT_ALIASES = {".jpeg": ".jpg", ".bmp": ".png"}
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Settings of one conversion (the CLI flags).
-
-    Attributes:
-        names: fixed class order; objects of other classes are skipped and counted. None: the
-            sorted set of class names found.
-        val_fraction: share of images drawn for ``val.txt`` when SRC has no ImageSets split.
-        seed: seed of that draw.
-        difficult: ``"skip"`` leaves difficult objects out of the labels, ``"keep"`` writes them.
-        link: ``"link"`` hard-links images (copies where the file system refuses), ``"copy"`` copies.
-        legacy_offset: darknet ``voc_label.py`` arithmetic (see :mod:`detkit.convert.boxes`).
-        strict: any warning is an error (nothing is written).
-        force: replace an existing OUT even when it is not an earlier detkit output.
-        progress: show a tqdm progress bar.
-    """
-
-    names: tuple[str, ...] | None = None
-    val_fraction: float = 0.2
-    seed: int = 0
-    difficult: Literal["skip", "keep"] = "skip"
-    link: Literal["link", "copy"] = "link"
-    legacy_offset: bool = False
-    strict: bool = False
-    force: bool = False
-    progress: bool = False
-
-
-@dataclass(frozen=True)
-class ClassStats:
-    """Per-class counts: images with at least one written object, written objects, difficult objects."""
-
-    images: int
-    objects: int
-    difficult: int
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    """What a conversion produced (the full detail is in ``report``, also written to OUT)."""
-
-    out: Path
-    class_names: tuple[str, ...]
-    per_class: dict[str, ClassStats]
-    images: int
-    splits: dict[str, int]
-    warnings: tuple[dict, ...]
-    skipped: tuple[dict, ...]
-    report: dict = field(repr=False)
-
-    @property
-    def report_path(self) -> Path:
-        return self.out / REPORT_NAME
 
 
 def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions(),
@@ -342,30 +299,3 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     return ConvertResult(out=out, class_names=class_names, per_class=per_class, images=len(items),
                          splits=report["splits"], warnings=tuple(logs.warnings), skipped=tuple(logs.skipped),
                          report=report)
-
-
-def imbalance_warning(per_class: dict[str, ClassStats], ratio: float = 0.1) -> str | None:
-    """A warning when the smallest class has fewer than ``ratio`` x the objects of the largest."""
-    counts = {n: s.objects for n, s in per_class.items()}
-    if len(counts) < 2:
-        return None
-    lo = min(counts, key=lambda n: (counts[n], n))
-    hi = max(counts, key=lambda n: (counts[n], n))
-    if counts[lo] < ratio * counts[hi]:
-        return (f"classes are badly imbalanced: {lo!r} has {counts[lo]} objects, {hi!r} has {counts[hi]} "
-                f"(under 1/{round(1 / ratio)}); few-sample classes are the most common reason a custom "
-                "detector fails: collect more examples of them")
-    return None
-
-
-def summary_table(result: ConvertResult) -> str:
-    """Plain-text per-class table: class id, name, images, objects, difficult."""
-    rows = [("id", "class", "images", "objects", "difficult")]
-    for i, n in enumerate(result.class_names):
-        s = result.per_class[n]
-        rows.append((str(i), n, str(s.images), str(s.objects), str(s.difficult)))
-    widths = [max(len(r[k]) for r in rows) for k in range(5)]
-    lines = []
-    for r in rows:
-        lines.append("  ".join(v.ljust(widths[k]) if k == 1 else v.rjust(widths[k]) for k, v in enumerate(r)))
-    return "\n".join(lines)

@@ -19,7 +19,8 @@ from PIL import Image
 
 import fuzzlib
 from detkit.cli import main
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
+from detkit.convert.options import ConvertOptions
+from detkit.convert.voc_to_yolo import convert_voc
 from helpers import tree_digest
 
 REPO = Path(__file__).resolve().parents[2]

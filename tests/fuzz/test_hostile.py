@@ -18,7 +18,8 @@ from PIL import Image
 
 import fuzzlib
 from detkit.cli import main
-from detkit.convert.voc_to_yolo import ConvertOptions, convert_voc
+from detkit.convert.options import ConvertOptions
+from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import load_data_config, read_list_file
 from detkit.data.images import read_image, read_image_size
 from detkit.data.voc import parse_voc_annotation, read_voc_annotation
