@@ -164,7 +164,8 @@ def _evaluate_voc(gt: GTTable, dt: DetTable, names: list[str], metric: str, iou:
     m = float(np.mean(aps)) if aps else float("nan")
     return EvalReport(metric=metric, map=m, classes=tuple(rows), stats=(), stat_names=(), pr_curves=tuple(curves),
                       convention=conv, iou_threshold=iou, conf_threshold=conf, n_images=len(gt.image_ids),
-                      n_detections=len(dt), extra={"plus_one": plus_one, "iou_rule": iou_rule})
+                      n_detections=len(dt), extra={"plus_one": plus_one, "iou_rule": iou_rule,
+                                                   "det_flags": (vm.order, vm.tp, vm.fp)})
 
 
 def _evaluate_coco(gt: GTTable, dt: DetTable, names: list[str], iou: float, conf: float, conv: str) -> EvalReport:
@@ -203,4 +204,5 @@ def _evaluate_coco(gt: GTTable, dt: DetTable, names: list[str], iou: float, conf
     return EvalReport(metric="coco", map=float(res.stats[0]), classes=tuple(rows),
                       stats=tuple(float(s) for s in res.stats), stat_names=STAT_NAMES, pr_curves=tuple(curves),
                       convention=conv, iou_threshold=iou, conf_threshold=conf, n_images=len(gt.image_ids),
-                      n_detections=len(dt), extra={"precision": res.precision, "recall": res.recall})
+                      n_detections=len(dt), extra={"precision": res.precision, "recall": res.recall,
+                                                   "det_flags": (res.det_order, res.det_tp[t], res.det_fp[t])})

@@ -62,6 +62,8 @@ class EvalReport:
         stat_names: their names. pr_curves: one per class. convention: human-readable rules used.
         iou_threshold, conf_threshold: the thresholds of the counts (and of VOC AP).
         n_images: images in the ground truth. n_detections: detections evaluated.
+        extra: metric internals; ``det_flags`` = (indices of the detections the metric scored, in
+            its order; their TP flags; their FP flags at the report's IoU; neither = ignored).
     """
 
     metric: str
