@@ -261,15 +261,13 @@ def end_to_end_opencv(cfg: str, weights: str, images: list[Path], out_json: Path
 
 
 def end_to_end_detkit(cfg: str, weights: str, names: str, images: list[Path], out_dir: Path, size: int = 416,
-                      batch: int = 8, extra: tuple[str, ...] = (), label: str = "detkit detect") -> Throughput:
-    """``detkit detect --no-images`` over the images (a list file), in this process; the
-    pipeline's wait-for-data share goes into ``note``. Python imports (torch, torchvision, the CLI
-    modules) are done before the clock starts, as cv2's is for the OpenCV loop; building the
-    model, loading the weights and preparing the fast path are timed."""
-    import detkit.infer.predict  # noqa: F401  (imports torchvision)
-    from detkit.cli import build_parser, main
-
-    build_parser()  # imports every command module
+                      batch: int = 8, fast: bool = True, label: str = "detkit detect") -> Throughput:
+    """``detkit detect --no-images`` over the images (a list file), in this process, through the
+    library call the command makes (:func:`detkit.infer.detect.run_detect`); the pipeline's
+    wait-for-data share goes into ``note``. Python imports (torch, torchvision, detkit's modules) are
+    done before the clock starts, as cv2's is for the OpenCV loop; building the model, loading the
+    weights and preparing the fast path are timed."""
+    from detkit.infer.detect import DetectOptions, run_detect
 
     listing = out_dir / "images.txt"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,28 +278,23 @@ def end_to_end_detkit(cfg: str, weights: str, names: str, images: list[Path], ou
         def emit(self, record: logging.LogRecord) -> None:
             captured.append(record.getMessage())
 
-    det_log = logging.getLogger("detkit.cli.detect_cmd")
+    det_log = logging.getLogger("detkit.infer.detect")
     handler, old_level, old_prop = _Grab(level=logging.INFO), det_log.level, det_log.propagate
     det_log.addHandler(handler)
     det_log.setLevel(logging.INFO)
     det_log.propagate = False
-    argv = ["detect", "--cfg", cfg, "--weights", weights, "--names", names, "--source", str(listing),
-            "--out", str(out_dir / "out"), "--no-images", "--quiet", "--device", "cpu",
-            "--img-size", str(size), "--batch", str(batch), *extra]
+    opts = DetectOptions(cfg=cfg, weights=weights, names=names, source=str(listing), out=str(out_dir / "out"),
+                         no_images=True, quiet=True, device="cpu", img_size=size, batch=batch, fast=fast)
     try:
-        import contextlib
-        import io
-
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = main(argv)
+        code = run_detect(opts, echo=lambda _: None)
         seconds = time.perf_counter() - t0
     finally:
         det_log.removeHandler(handler)
         det_log.setLevel(old_level)
         det_log.propagate = old_prop
     if code != 0:
-        raise RuntimeError(f"detkit detect failed (exit {code}): {' '.join(argv)}")
+        raise RuntimeError(f"detkit detect failed (exit {code}): {opts}")
     n_det = len(json.loads((out_dir / "out" / "detections.json").read_text(encoding="utf-8")))
     stats = next((m[len("pipeline: "):] for m in captured if m.startswith("pipeline: ")), "")
     return Throughput(label, len(images), seconds, n_det, stats)

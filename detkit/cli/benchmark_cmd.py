@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                     label="detkit detect (fast path, default)")),
                 ("detkit detect --no-fast", lambda k: bm.end_to_end_detkit(
                     cfg, weights, names, images, Path(tmp) / f"plain{k}", args.size, args.e2e_batch,
-                    extra=("--no-fast",), label="detkit detect --no-fast (plain fp32)")),
+                    fast=False, label="detkit detect --no-fast (plain fp32)")),
             ]
             if int8:
                 _say("end-to-end: quantising the int8 ONNX file (a one-time export, not timed)")

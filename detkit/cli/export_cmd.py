@@ -66,7 +66,7 @@ def _num_classes(args: argparse.Namespace) -> int | None:
 
 def calibration_images(source: str) -> list[Path]:
     """``--calib``: an image folder (recursive), a ``.txt`` list, or obj.data / data.yaml (train split)."""
-    from detkit.cli.detect_cmd import collect_sources
+    from detkit.infer.sources import collect_sources
     from detkit.data.datafiles import load_data_config
 
     src = Path(source)
