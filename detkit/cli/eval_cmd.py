@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 from detkit.errors import EvalError
 
@@ -56,15 +54,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    from detkit.fileio import write_bytes_atomic
-
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8"), fsync=False,
-                       make_parents=True)
-
-
 def run(args: argparse.Namespace) -> int:
-    from detkit.evaluate import run as ev
+    from detkit.evaluate.run import evaluate_files, evaluate_model
 
     names = None
     if args.names:
@@ -77,34 +68,30 @@ def run(args: argparse.Namespace) -> int:
         onnx = bool(args.weights) and str(args.weights).lower().endswith(".onnx")
         if not ((args.cfg or onnx) and args.weights and args.data):
             raise EvalError("model-driven evaluation needs --cfg, --weights and --data (no --cfg for an .onnx model)")
-        run_ = ev.evaluate_model(args.cfg, args.weights, args.data, metric=args.metric, names=names,
-                                 iou_threshold=args.iou, conf_threshold=args.conf, img_size=args.img_size,
-                                 nms=args.nms, pred_conf=args.pred_conf, batch_size=args.batch_size,
-                                 save_pred=args.save_pred, plus_one=args.plus_one, iou_rule=args.iou_rule,
-                                 device=args.device)
+        run_ = evaluate_model(args.cfg, args.weights, args.data, metric=args.metric, names=names,
+                              iou_threshold=args.iou, conf_threshold=args.conf, img_size=args.img_size,
+                              nms=args.nms, pred_conf=args.pred_conf, batch_size=args.batch_size,
+                              save_pred=args.save_pred, plus_one=args.plus_one, iou_rule=args.iou_rule,
+                              device=args.device)
         sources = {"cfg": args.cfg, "weights": args.weights, "data": args.data}
     else:
         if not (args.gt and args.pred):
             raise EvalError("detkit eval needs --gt and --pred (or --cfg, --weights and --data)")
-        run_ = ev.evaluate_files(args.gt, args.pred, metric=args.metric, names=names, iou_threshold=args.iou,
-                                 conf_threshold=args.conf, plus_one=args.plus_one, iou_rule=args.iou_rule,
-                                 pred_format=args.pred_format, image_set=args.image_set)
+        run_ = evaluate_files(args.gt, args.pred, metric=args.metric, names=names, iou_threshold=args.iou,
+                              conf_threshold=args.conf, plus_one=args.plus_one, iou_rule=args.iou_rule,
+                              pred_format=args.pred_format, image_set=args.image_set)
         sources = {"gt": args.gt, "pred": args.pred}
     rep = run_.report
     if not getattr(args, "quiet", False):
         print(f"# {rep.n_images} images, {rep.n_detections} detections, {len(rep.classes)} classes")
     print(rep.format_table())
-    if args.json:
-        d = rep.to_dict()
-        d["sources"] = sources
-        _write_json_atomic(Path(args.json), d)
-        log.info("wrote %s", args.json)
-    if args.plots:
-        from detkit.metrics.confusion import confusion_matrix
-        from detkit.metrics.plots import write_plots
+    if args.json or args.plots:
+        from detkit.evaluate.outputs import write_report_json, write_report_plots
 
-        cm = confusion_matrix(run_.gt, run_.dt, len(run_.class_names), iou_threshold=args.iou,
-                              conf_threshold=args.conf, plus_one=run_.plus_one)
-        files = write_plots(rep, args.plots, confusion=cm)
-        log.info("wrote %d plot files into %s", len(files), args.plots)
+        if args.json:
+            write_report_json(run_, args.json, sources)
+            log.info("wrote %s", args.json)
+        if args.plots:
+            files = write_report_plots(run_, args.plots, iou_threshold=args.iou, conf_threshold=args.conf)
+            log.info("wrote %d plot files into %s", len(files), args.plots)
     return 0
