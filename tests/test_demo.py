@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detkit.cli import main
-from detkit.cli.demo_cmd import DemoSettings, demo_threads, run_demo
+from detkit.demo.pipeline import DemoSettings, demo_threads, run_demo
 from detkit.data.datafiles import load_data_config, read_names
 from detkit.errors import DataError
 
