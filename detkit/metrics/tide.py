@@ -161,11 +161,10 @@ def _greedy_match(pd, pg, piou, group, rank, n_det, n_gt):
     return match, used
 
 
-def _class_aps(cls, score, correct, tiekey, ngt, present, interpolation) -> float:
-    """tidecv ``ClassedAPDataObject.get_mAP`` over the given points (see module docstring)."""
+def _class_aps(cls, correct, ngt, present, interpolation) -> float:
+    """tidecv ``ClassedAPDataObject.get_mAP`` over points already in AP order (class ascending,
+    then tidecv's rank: score descending, tie key); see the module docstring."""
     C = ngt.shape[0]
-    o = np.lexsort((tiekey, -score, cls))
-    cls, correct = cls[o], correct[o]
     bounds = np.searchsorted(cls, np.arange(C + 1))
     aps = []
     for c in np.flatnonzero(present):
@@ -192,6 +191,11 @@ def _class_aps(cls, score, correct, tiekey, ngt, present, interpolation) -> floa
         else:
             aps.append(ap_11_point(rec, prec))
     return float(np.mean(aps)) if aps else float("nan")
+
+
+def _ranked(cls, score, tiekey) -> np.ndarray:
+    """Indices in AP order: class ascending, score descending, tie key ascending."""
+    return np.lexsort((tiekey, -score, cls))
 
 
 def tide_errors(gt: GTTable, dt: DetTable, num_classes: int, pos_thresh: float = 0.5, bg_thresh: float = 0.1,
@@ -287,28 +291,39 @@ def tide_errors(gt: GTTable, dt: DetTable, num_classes: int, pos_thresh: float =
     ngt = np.bincount(gt.labels[gsub], minlength=C)[:C].astype(np.int64)
     base_pts = ~ignored
     present = (ngt > 0) | (np.bincount(kcls[base_pts], minlength=C)[:C] > 0)
-    ap0 = _class_aps(kcls[base_pts], ksc[base_pts], tp[base_pts], kpos[base_pts], ngt, present, interpolation)
+    base = np.flatnonzero(~ignored)
+    ob = base[_ranked(kcls[base], ksc[base], kpos[base])]
+    ap0 = _class_aps(kcls[ob], tp[ob], ngt, present, interpolation)
     err = ~tp
-    tkey = np.where(tp, K + kpos, kpos)  # rebuilt lists: error points first, then the true positives
+    # rebuilt lists: error points first, then the true positives; one order serves every fix that
+    # only removes points or turns them into TPs of their own class
+    tkey = np.where(tp, K + kpos, kpos)
+    of = _ranked(kcls, ksc, tkey)
     dap = {}
     for name, code in zip(ERROR_TYPES, (CLS, LOC, BOTH, DUPE, BKG)):
         is_t = err & (etype == code)
-        keep_orig = (err & ~is_t & ~ignored) | tp
         fixed = is_t & fixable
-        sel = keep_orig | fixed
-        cls = kcls.copy()
-        if code == CLS:
+        sel = (err & ~is_t & ~ignored) | tp | fixed
+        if code == CLS:  # fixed points move to their object's class: rank again
+            cls = kcls.copy()
             cls[fixed] = gt.labels[target[fixed]]
-        ap = _class_aps(cls[sel], ksc[sel], (tp | fixed)[sel], tkey[sel], ngt, present, interpolation)
+            ix = np.flatnonzero(sel)
+            o = ix[_ranked(cls[ix], ksc[ix], tkey[ix])]
+            ap = _class_aps(cls[o], (tp | fixed)[o], ngt, present, interpolation)
+        else:
+            o = of[sel[of]]
+            ap = _class_aps(kcls[o], (tp | fixed)[o], ngt, present, interpolation)
         dap[name] = max(ap - ap0, 0.0)
     miss_c = np.bincount(gt.labels[gt_missed], minlength=C)[:C]
     orig = (err & ~ignored) | tp
-    ap_miss = _class_aps(kcls[orig], ksc[orig], tp[orig], tkey[orig], ngt - miss_c, present, interpolation)
+    o = of[orig[of]]
+    ap_miss = _class_aps(kcls[o], tp[o], ngt - miss_c, present, interpolation)
     dap["Miss"] = max(ap_miss - ap0, 0.0)
-    fp_sc = np.where(tp, 1.0, 0.0)
-    ap_fp = _class_aps(kcls[orig], fp_sc[orig], tp[orig], tkey[orig], ngt, present, interpolation)
     unmatched_c = np.bincount(gt.labels[~ign & ~used], minlength=C)[:C]
-    ap_fn = _class_aps(kcls[orig], ksc[orig], tp[orig], tkey[orig], ngt - unmatched_c, present, interpolation)
+    ap_fn = _class_aps(kcls[o], tp[o], ngt - unmatched_c, present, interpolation)
+    # FalsePos oracle: TP scored 1, FP 0 -> per class all TPs (tie-key order) before all FPs
+    o_fp = o[np.argsort(kcls[o] * 2 + (~tp[o]), kind="stable")]
+    ap_fp = _class_aps(kcls[o_fp], tp[o_fp], ngt, present, interpolation)
     special = {"FalsePos": ap_fp - ap0, "FalseNeg": ap_fn - ap0}
     # --- per detection / per class outputs
     det_type = np.zeros(M, np.int8)
