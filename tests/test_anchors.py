@@ -10,7 +10,8 @@ import pytest
 
 from detkit.boxes import iou_matrix
 from detkit.cli import main
-from detkit.darknet.specs import parse_network, patch_anchors
+from detkit.darknet.specs import parse_network
+from detkit.darknet.cfg_edit import patch_anchors
 from detkit.data.anchors import (
     compute_anchors, format_anchors, kmeans_anchors, letterboxed_box_sizes, mean_best_iou, read_box_sizes,
     round_anchors, shape_iou,

@@ -11,7 +11,8 @@ import torch
 import detkit
 from detkit.darknet.layers import MaxPoolLayer, RouteLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
-from detkit.darknet.specs import MaxPoolSpec, RouteSpec, infer_shapes
+from detkit.darknet.spec_types import MaxPoolSpec, RouteSpec
+from detkit.darknet.shapes import infer_shapes
 from detkit.errors import CfgError
 from detkit.yolo.decode import decode_head
 

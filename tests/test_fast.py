@@ -395,7 +395,8 @@ def test_benchmark_command_smoke(tmp_path, capsys):
 def test_conv_gflop_matches_darknet_count():
     """yolov3-tiny at 416: darknet prints 5.571 BFLOPs of which 0.006 are its maxpools."""
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import conv_gflop, parse_network
+    from detkit.darknet.shapes import conv_gflop
+    from detkit.darknet.specs import parse_network
 
     spec = parse_network(*resolve_cfg("yolov3-tiny"))
     assert conv_gflop(spec, (416, 416)) == pytest.approx(5.564961792, abs=1e-9)

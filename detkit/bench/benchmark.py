@@ -375,7 +375,8 @@ def compute_floor(cfg: str, size: int) -> dict[str, float]:
     """The network's convolution GFLOP at ``size`` and, per dtype, this machine's matmul GFLOPS and
     the resulting floor in ms for any implementation that computes every convolution directly."""
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import conv_gflop, parse_network
+    from detkit.darknet.shapes import conv_gflop
+    from detkit.darknet.specs import parse_network
 
     text, source = resolve_cfg(cfg)
     gflop = conv_gflop(parse_network(text, source), (size, size))

@@ -46,7 +46,8 @@ def parse_size_arg(value: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import parse_network, patch_anchors
+    from detkit.darknet.specs import parse_network
+    from detkit.darknet.cfg_edit import patch_anchors
     from detkit.data.anchors import dataset_anchors, format_anchors, mean_best_iou
     from detkit.data.datafiles import load_data_config, write_text_atomic
 

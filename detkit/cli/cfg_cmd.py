@@ -49,7 +49,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import parse_network, set_num_classes
+    from detkit.darknet.specs import parse_network
+    from detkit.darknet.cfg_edit import set_num_classes
 
     text, source = resolve_cfg(args.cfg)
     num_classes = args.classes
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _apply_anchors(text: str, value: str, source: str) -> str:
     """``--anchors "10,14,  23,27"`` -> cfg text with every [yolo] anchors= set (see specs.patch_anchors)."""
-    from detkit.darknet.specs import patch_anchors
+    from detkit.darknet.cfg_edit import patch_anchors
 
     try:
         nums = [float(v) for v in value.replace(" ", "").split(",") if v]
@@ -122,7 +123,7 @@ def _check_output(out: Path, source: str) -> None:
 
 
 def _write_cfg(out: Path, text: str, source: str) -> None:
-    from detkit.data.datafiles import write_bytes_atomic
+    from detkit.fileio import write_bytes_atomic
 
     _check_output(out, source)
     write_bytes_atomic(out, text.encode("utf-8"))  # bytes: CRLF and every other byte kept
@@ -130,9 +131,8 @@ def _write_cfg(out: Path, text: str, source: str) -> None:
 
 def format_layer_table(spec, size: tuple[int, int]) -> str:
     """The ``--check`` table: one row per layer and the totals (darknet-style BFLOPs)."""
-    from detkit.darknet.specs import (
-        ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, conv_flops, infer_shapes,
-    )
+    from detkit.darknet.spec_types import ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec
+    from detkit.darknet.shapes import conv_flops, infer_shapes
 
     width, height = size
     shapes = infer_shapes(spec, (spec.net.channels, height, width))

@@ -18,7 +18,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from detkit.data.datafiles import DataConfig, label_path_for, read_yolo_labels, write_bytes_atomic, write_text_atomic
+from detkit.data.datafiles import DataConfig, label_path_for, read_yolo_labels, write_text_atomic
+from detkit.fileio import write_bytes_atomic
 from detkit.data.images import read_image_size
 from detkit.errors import DataError, DetkitError
 

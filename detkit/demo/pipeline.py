@@ -148,7 +148,8 @@ def run_demo(settings: DemoSettings, echo=print) -> DemoResult:
 
 def _run_stages(settings: DemoSettings, echo) -> DemoResult:
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import parse_network, patch_anchors
+    from detkit.darknet.specs import parse_network
+    from detkit.darknet.cfg_edit import patch_anchors
     from detkit.data.anchors import dataset_anchors, format_anchors
     from detkit.convert.options import ConvertOptions
     from detkit.convert.summary import summary_table

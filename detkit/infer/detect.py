@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detkit.data.datafiles import read_names, write_bytes_atomic, write_text_atomic
+from detkit.data.datafiles import read_names, write_text_atomic
+from detkit.fileio import write_bytes_atomic
 from detkit.errors import DataError, ImageError, WeightsError
 from detkit.infer.draw import draw_detections
 from detkit.infer.loading import load_model, load_onnx_model

@@ -29,7 +29,7 @@ from torch import nn
 
 from detkit.darknet.layers import MaxPoolLayer, RouteLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
-from detkit.darknet.specs import infer_shapes
+from detkit.darknet.shapes import infer_shapes
 from detkit.darknet.weights import save_darknet_weights
 from detkit.fileio import write_atomic, write_bytes_atomic
 

@@ -84,7 +84,7 @@ class Trainer:
             raise TrainError("the training list is empty", path=data.source)
         self.names = list(data.names)
 
-        import detkit
+        from detkit.darknet.model import build_model
         from detkit.data.dataset import YoloDataset, make_loader
         from detkit.data.sampling import class_balance, class_weighted_sampler, format_class_balance
         from detkit.data.transforms import build_eval_transforms, build_train_transforms
@@ -94,7 +94,7 @@ class Trainer:
             model, start = load_model(s.cfg, s.weights, s.num_classes, strict=False, cutoff=s.cutoff)
             init_head_priors(model, set(start.fresh_layers))
         else:
-            model = detkit.build_model(s.cfg, num_classes=s.num_classes)
+            model = build_model(s.cfg, num_classes=s.num_classes)
             if resume_payload is None:
                 init_head_priors(model)
         self.cfg_text = model.cfg_text

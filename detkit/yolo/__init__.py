@@ -1,1 +1,5 @@
-"""YOLO head maths: decoding, targets, loss, post-processing."""
+"""YOLO head maths: decoding raw head outputs into boxes, target assignment, the loss, and
+post-processing (score threshold, per-class NMS, boxes back to original-image pixels).
+
+May import: the leaf modules (detkit.errors, detkit.boxes, detkit.fileio) only.
+"""

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 import fuzzlib
 from detkit.darknet.cfg import parse_cfg, read_cfg
 from detkit.darknet.model import MAX_PARAMETERS, build_model, count_parameters
-from detkit.darknet.specs import infer_shapes, parse_network, set_num_classes
+from detkit.darknet.shapes import infer_shapes
+from detkit.darknet.specs import parse_network
+from detkit.darknet.cfg_edit import set_num_classes
 from detkit.errors import CfgError
 
 REPO = Path(__file__).resolve().parents[2]
