@@ -7,10 +7,10 @@ import re
 import pytest
 
 from detkit.darknet.cfg import parse_cfg, resolve_cfg
-from detkit.darknet.specs import (
-    ConvSpec, MaxPoolSpec, RouteSpec, YoloSpec, apply_edits, class_count_edits, infer_shapes,
-    load_network_spec, parse_network, set_num_classes,
-)
+from detkit.darknet.spec_types import ConvSpec, MaxPoolSpec, RouteSpec, YoloSpec
+from detkit.darknet.cfg_edit import apply_edits, class_count_edits, set_num_classes
+from detkit.darknet.shapes import infer_shapes
+from detkit.darknet.specs import load_network_spec, parse_network
 from detkit.errors import CfgError
 
 HEAD = "[net]\nwidth=64\nheight=64\nchannels=3\n"
@@ -146,14 +146,16 @@ def test_unknown_section_with_did_you_mean():
 
 
 def test_unsupported_darknet_section():
-    msg = err(HEAD + "[region]\nclasses=2\n")
-    assert msg.startswith("x.cfg:5:") and "[region] is a darknet section detkit does not support" in msg
+    msg = err(HEAD + "[lstm]\nclasses=2\n")
+    assert msg.startswith("x.cfg:5:") and "[lstm] is a darknet section detkit does not support" in msg
+    msg = err(HEAD + "[convolutional]\nfilters=36\n[Gaussian_yolo]\nclasses=3\n")
+    assert msg.startswith("x.cfg:7: [Gaussian_yolo]") and "not supported by detkit" in msg
 
 
 @pytest.mark.parametrize("line, expect", [
     ("filters=abc", "bad value filters='abc' (expected an integer)"),
     ("filters=0", "bad value filters='0' (must be >= 1)"),
-    ("activation=tanh", "not supported by detkit activation 'tanh'"),
+    ("activation=normalize_channels", "not supported by detkit activation 'normalize_channels'"),
     ("activation=leakky", "unknown activation 'leakky'"),
     ("size=1.5", "bad value size='1.5'"),
 ])
@@ -193,19 +195,30 @@ def test_impossible_shapes():
     assert msg.startswith("x.cfg:5: layer 0 [convolutional]: output shape 4x-2x-2 is empty")
     msg = err(HEAD + "[convolutional]\nfilters=4\n[convolutional]\nfilters=4\ngroups=3\n")
     assert msg.startswith("x.cfg:7: layer 1 [convolutional]: groups=3 must divide the input channels (4)")
-    msg = err(HEAD + "[convolutional]\nfilters=4\n[convolutional]\nfilters=5\n[shortcut]\nfrom=-2\n")
-    assert "shortcut from layer 0 4x64x64 does not match the previous output 5x64x64" in msg
+    msg = err(HEAD + "[convolutional]\nfilters=4\n[convolutional]\nfilters=5\nstride=2\n[shortcut]\nfrom=-2\n")
+    assert "shortcut from layer 0 4x64x64 does not match the previous output 5x32x32 in height and width" in msg
 
 
 def test_yolo_errors():
     base = HEAD + "[convolutional]\nfilters=21\n[yolo]\nclasses=2\nnum=3\n"
     assert "mask index 3 out of range for 3 anchors" in err(base + "mask=1,2,3\nanchors=1,1,2,2,3,3\n")
-    assert "num=3 but anchors= lists 2 pairs" in err(base + "mask=0,1\nanchors=1,1,2,2\n")
-    assert "odd number of values" in err(base + "mask=0,1,2\nanchors=1,1,2,2,3\n")
     assert "needs anchors=" in err(base + "mask=0,1,2\n")
     msg = err(HEAD + "[maxpool]\n[yolo]\nmask=0\nanchors=1,1\nclasses=1\n")
     assert msg.startswith("x.cfg:6: [yolo] must directly follow the [convolutional]")
-    assert "new_coords=1" in err(base + "mask=0,1,2\nanchors=1,1,2,2,3,3\nnew_coords=1\n")
+
+
+def test_yolo_anchors_read_as_darknet_does(caplog):
+    """darknet's parse_yolo: comma-separated atof values, the first 2 * num used, missing ones 0.5;
+    detkit does the same and warns with the line."""
+    base = HEAD + "[convolutional]\nfilters=21\n[yolo]\nclasses=2\nnum=3\nmask=0,1,2\n"
+    caplog.set_level(logging.WARNING, logger="detkit.darknet.specs")
+    spec = parse_network(base + "anchors=1,1,2,2\n", "x.cfg")
+    assert spec.yolo_layers[0].anchors == ((1, 1), (2, 2), (0.5, 0.5))
+    assert "x.cfg:11: anchors= lists 4 values but num=3 needs 6; darknet fills the rest with 0.5" in caplog.text
+    spec = parse_network(base + "anchors=1,1,2,2  3,3,4,4,9,9\n", "x.cfg")
+    assert spec.yolo_layers[0].anchors == ((1, 1), (2, 2), (3, 4))
+    assert "'2  3' is read as 2 by darknet (a missing comma?)" in caplog.text
+    assert "lists 9 values, num=3 uses the first 6" in caplog.text
 
 
 def test_filters_mismatch_names_lines_and_correct_value():

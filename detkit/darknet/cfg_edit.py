@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from detkit.darknet.cfg import Section, parse_cfg
-from detkit.darknet.section_reader import YOLO_KNOWN, YOLO_USED, _Reader
+from detkit.darknet.section_reader import REGION_KNOWN, REGION_USED, YOLO_KNOWN, YOLO_USED, SectionReader
 from detkit.errors import CfgError
 
 
@@ -26,23 +26,42 @@ class CfgEdit:
     section: str
 
 
+#: detection head sections whose preceding conv's filters follow the class count
+HEAD_SECTIONS = ("yolo", "region", "gaussian_yolo")
+
+
 def head_conv(sections: list[Section], yolo_pos: int) -> Section:
-    """The ``[convolutional]`` section right before the ``[yolo]`` at ``sections[yolo_pos]``."""
+    """The ``[convolutional]`` section right before the head (``[yolo]``, ``[region]``,
+    ``[Gaussian_yolo]``) at ``sections[yolo_pos]``."""
     prev = sections[yolo_pos - 1] if yolo_pos >= 1 else None
     if prev is None or prev.type != "convolutional":
         yolo = sections[yolo_pos]
-        raise CfgError("[yolo] must directly follow the [convolutional] that feeds it "
+        raise CfgError(f"[{yolo.type}] must directly follow the [convolutional] that feeds it "
                        f"(found [{prev.type if prev else 'nothing'}])", path=yolo.source, line=yolo.line)
     return prev
 
 
+def head_filters(section: Section, num_classes: int) -> int:
+    """The ``filters=`` darknet needs in the conv before this head for ``num_classes`` classes:
+    ``[yolo]`` ``(classes + 5) * len(mask)``, ``[Gaussian_yolo]`` ``(classes + 9) * len(mask)``
+    (4 box values, 4 uncertainties, objectness), ``[region]`` ``num * (classes + coords + 1)``."""
+    if section.type == "region":
+        r = SectionReader(section, REGION_USED, REGION_KNOWN, warn=False)
+        return r.int("num", 1, minimum=1) * (num_classes + r.int("coords", 4, minimum=0) + 1)
+    r = SectionReader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
+    num = r.int("num", 1, minimum=1)
+    mask = r.ints("mask")
+    n_mask = len(mask) if mask is not None else num
+    return (num_classes + (9 if section.type == "gaussian_yolo" else 5)) * n_mask
+
+
 # -- class-count propagation and the in-place writer -------------------------------------
 def class_count_edits(sections: list[Section], num_classes: int) -> list[CfgEdit]:
-    """The edits that give every ``[yolo]`` ``classes=num_classes`` and its conv the matching filters.
+    """The edits that give every head ``classes=num_classes`` and its conv the matching filters.
 
-    Only values that change are listed. For each ``[yolo]``: its ``classes=`` and the preceding
-    ``[convolutional]``'s ``filters=(num_classes + 5) * len(mask)`` (4 edits for yolov3-tiny, 6 for
-    yolov3 when the count changes).
+    Only values that change are listed. For each ``[yolo]`` / ``[region]`` / ``[Gaussian_yolo]``: its
+    ``classes=`` and the preceding ``[convolutional]``'s ``filters=`` (:func:`head_filters`; 4 edits for
+    yolov3-tiny, 6 for yolov3 when the count changes).
 
     Raises:
         CfgError: ``num_classes < 1``, a ``[yolo]`` without a conv right before it, or a bad mask.
@@ -52,14 +71,10 @@ def class_count_edits(sections: list[Section], num_classes: int) -> list[CfgEdit
         raise CfgError(f"number of classes must be a positive integer, got {num_classes!r}", path=src)
     edits: list[CfgEdit] = []
     for pos, section in enumerate(sections):
-        if section.type != "yolo":
+        if section.type not in HEAD_SECTIONS:
             continue
         conv = head_conv(sections, pos)
-        r = _Reader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
-        num = r.int("num", 1, minimum=1)
-        mask = r.ints("mask")
-        n_mask = len(mask) if mask is not None else num
-        want_filters = str((num_classes + 5) * n_mask)
+        want_filters = str(head_filters(section, num_classes))
         for sec, key, new in ((conv, "filters", want_filters), (section, "classes", str(num_classes))):
             opts = sec.all(key)
             if not opts:
@@ -145,7 +160,7 @@ def patch_anchors(cfg_text: str, anchors, source: str | os.PathLike = "<cfg>") -
     for section in sections:
         if section.type != "yolo":
             continue
-        r = _Reader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
+        r = SectionReader(section, YOLO_USED, YOLO_KNOWN, warn=False)  # warnings come from build_specs
         num = r.int("num", 1, minimum=1)
         if num != len(pairs):
             raise r.error("num", f"[yolo] has num={num} anchors but {len(pairs)} were given")

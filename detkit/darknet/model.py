@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from detkit.darknet.cfg import resolve_cfg
-from detkit.darknet.layers import ConvLayer, RouteLayer, ShortcutLayer, YoloLayer, build_layer
-from detkit.darknet.specs import CfgEdit, ConvSpec, NetSpec, NetworkSpec, infer_shapes, load_network_spec
+from detkit.darknet.cfg_edit import CfgEdit
+from detkit.darknet.layers import ConvLayer, RegionLayer, RouteLayer, ShortcutLayer, YoloLayer, build_layer
+from detkit.darknet.shapes import infer_shapes
+from detkit.darknet.spec_types import ConvSpec, NetSpec, NetworkSpec, RegionSpec, ShortcutSpec
+from detkit.darknet.specs import load_network_spec
 from detkit.errors import CfgError
 
 log = logging.getLogger(__name__)
@@ -30,9 +33,11 @@ def count_parameters(spec: NetworkSpec, shapes: list[tuple[int, int, int]]) -> i
     """Trainable parameters of the model ``spec`` builds (``shapes`` from :func:`infer_shapes`)."""
     total, in_c = 0, spec.net.channels
     for layer, shape in zip(spec.layers, shapes):
-        if isinstance(layer, ConvSpec):
+        if isinstance(layer, ConvSpec) and layer.share_index < 0:
             total += layer.filters * (in_c // layer.groups) * layer.size * layer.size
             total += layer.filters * (2 if layer.batch_normalize else 1)
+        elif isinstance(layer, ShortcutSpec) and layer.weights_type != "none":
+            total += (len(layer.from_) + 1) * (shape[0] if layer.weights_type == "per_channel" else 1)
         in_c = shape[0]
     return total
 
@@ -69,7 +74,13 @@ class DarknetModel(nn.Module):
         self.layers = nn.ModuleList()
         in_c = spec.net.channels
         for layer_spec, shape in zip(spec.layers, shapes):
-            self.layers.append(build_layer(layer_spec, in_c))
+            module = build_layer(layer_spec, in_c)
+            if isinstance(layer_spec, RegionSpec):  # anchors in pixels at the cfg's own input size
+                module = RegionLayer(layer_spec, (spec.net.width / shape[2], spec.net.height / shape[1]))
+            if isinstance(layer_spec, ConvSpec) and layer_spec.share_index >= 0:
+                owner = self.layers[layer_spec.share_index]  # darknet shares weights, biases, BN tensors
+                module.conv, module.bn = owner.conv, owner.bn
+            self.layers.append(module)
             in_c = shape[0]
         self.yolo_layers: list[YoloLayer] = [m for m in self.layers if isinstance(m, YoloLayer)]
         keep: set[int] = set()
@@ -104,8 +115,9 @@ class DarknetModel(nn.Module):
 
     @property
     def conv_layers(self) -> list[tuple[int, ConvLayer]]:
-        """``(layer index, module)`` of every ``[convolutional]`` in file order (weights file order)."""
-        return [(i, m) for i, m in enumerate(self.layers) if isinstance(m, ConvLayer)]
+        """``(layer index, module)`` of every ``[convolutional]`` with its own weights, in file order
+        (convs with ``share_index`` use another layer's tensors and are left out)."""
+        return [(i, m) for i, m in enumerate(self.layers) if isinstance(m, ConvLayer) and m.spec.share_index < 0]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         """Run the network.

@@ -2,7 +2,7 @@
 
 Per section type: the keys detkit uses (``*_USED``), the darknet keys it accepts and ignores
 (``*_KNOWN``) and the keys accepted only at their neutral value (``*_NEUTRAL``); the activations
-detkit implements. :class:`_Reader` turns raw option strings into typed values with file:line errors
+detkit implements. :class:`SectionReader` turns raw option strings into typed values with file:line errors
 and warns about unknown or duplicate keys. Used by the parser (:mod:`detkit.darknet.specs`) and the
 cfg editor (:mod:`detkit.darknet.cfg_edit`).
 """
@@ -16,12 +16,14 @@ from detkit.errors import CfgError
 
 log = logging.getLogger("detkit.darknet.specs")  # key warnings keep the parser's logger name
 
-ACTIVATIONS = ("leaky", "linear", "logistic", "relu", "mish", "swish")
-# darknet activations that detkit does not implement (a clear error beats a silent wrong forward)
+ACTIVATIONS = (
+    "leaky", "linear", "logistic", "relu", "mish", "swish", "hard_mish", "elu", "selu", "gelu", "relie",
+    "ramp", "tanh", "plse", "lhtan", "stair", "hardtan", "loggy", "relu6", "revleaky",
+)
+# darknet activations that detkit does not implement (a clear error beats a silent wrong forward):
+# channel-normalising activations used only by darknet's contrastive / classifier experiments
 OTHER_DARKNET_ACTIVATIONS = (
-    "elu", "selu", "gelu", "relie", "ramp", "tanh", "plse", "lhtan", "stair", "hardtan", "loggy",
-    "hard_mish", "relu6", "normalize_channels", "normalize_channels_softmax",
-    "normalize_channels_softmax_maxval", "revleaky",
+    "normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval",
 )
 
 # -- keys ---------------------------------------------------------------------------------
@@ -42,31 +44,46 @@ NET_KNOWN = {
     "mosaic_bound", "cudnn_half", "use_cuda_graph", "seq_scales", "rgb", "hierarchy",
     "max_batches_per_epoch", "min_iter", "stopbackward", "flip_scale", "pyramid", "blur_step",
 }
-CONV_USED = {"filters", "size", "stride", "pad", "padding", "groups", "batch_normalize", "activation", "dilation"}
+CONV_USED = {"filters", "size", "stride", "pad", "padding", "groups", "batch_normalize", "activation", "dilation",
+             "stride_x", "stride_y", "share_index"}
 CONV_KNOWN = {
     "binary", "xnor", "bin_output", "flipped", "dot", "antialiasing", "assisted_excitation",
-    "share_index", "stretch", "stretch_sway", "sway", "rotate", "deform", "stride_x", "stride_y",
+    "stretch", "stretch_sway", "sway", "rotate", "deform",
     "learning_rate", "stopbackward", "dontload", "dontloadscales", "train_only_bn", "coordconv",
     "cbn", "train", "shortcut", "out_channels", "angle",
 }
 # keys that change the network's maths; accepted by the parser only at their neutral value
 CONV_NEUTRAL = {"binary": 0, "xnor": 0, "antialiasing": 0, "deform": 0, "coordconv": 0, "sway": 0,
                 "rotate": 0, "stretch": 0, "stretch_sway": 0, "assisted_excitation": 0}
-MAXPOOL_USED = {"size", "stride", "padding"}
-MAXPOOL_KNOWN = {"stride_x", "stride_y", "maxpool_depth", "out_channels", "antialiasing",
-                 "stopbackward", "train_only_bn"}
+MAXPOOL_USED = {"size", "stride", "padding", "stride_x", "stride_y"}
+MAXPOOL_KNOWN = {"maxpool_depth", "out_channels", "antialiasing", "stopbackward", "train_only_bn",
+                 "maxpool_zero_nonmax"}
 MAXPOOL_NEUTRAL = {"maxpool_depth": 0, "antialiasing": 0}
 UPSAMPLE_USED = {"stride", "scale"}
 UPSAMPLE_KNOWN = {"stopbackward"}
 ROUTE_USED = {"layers", "groups", "group_id"}
-ROUTE_KNOWN = {"stopbackward", "train_only_bn"}
-SHORTCUT_USED = {"from", "activation"}
-SHORTCUT_KNOWN = {"weights_type", "weights_normalization", "stopbackward", "train_only_bn"}
+ROUTE_KNOWN = {"stopbackward", "train_only_bn", "onlyforward"}
+SHORTCUT_USED = {"from", "activation", "weights_type", "weights_normalization"}
+SHORTCUT_KNOWN = {"stopbackward", "train_only_bn"}
+SAM_USED = {"from", "activation"}
+SCALE_CHANNELS_USED = {"from", "activation", "scale_wh"}
+FROM_KNOWN = {"stopbackward", "train_only_bn"}
+REORG_USED = {"stride", "reverse"}
+REORG_KNOWN = {"stopbackward", "flatten", "extra"}
+AVGPOOL_USED: set[str] = set()
+AVGPOOL_KNOWN = {"stopbackward"}
+LOCAL_AVGPOOL_USED = {"size", "stride", "padding", "stride_x", "stride_y"}
+DROPOUT_USED = {"probability"}
+DROPOUT_KNOWN = {"dropblock", "dropblock_size_rel", "dropblock_size_abs", "stopbackward"}
+REGION_USED = {"anchors", "classes", "num", "coords", "softmax", "bias_match", "jitter", "thresh",
+               "object_scale", "noobject_scale", "class_scale", "coord_scale", "rescore", "absolute", "random",
+               "tree", "map", "log", "sqrt", "background", "max"}
+REGION_KNOWN = {"focal_loss", "stopbackward"}
 YOLO_USED = {"mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh", "scale_x_y",
              "random", "iou_loss", "iou_normalizer", "cls_normalizer", "obj_normalizer", "label_smooth_eps",
-             "max", "new_coords"}
+             "max", "new_coords", "beta_nms", "nms_kind", "objectness_smooth"}
 YOLO_KNOWN = {
-    "iou_thresh", "beta_nms", "nms_kind", "counters_per_class", "resize", "focal_loss",
+    "iou_thresh", "beta1", "counters_per_class", "resize", "focal_loss",
     "objectness_smooth", "map", "embedding_layer", "track_history_size", "uc_normalizer",
     "max_delta", "delta_normalizer", "stopbackward", "show_details", "track_ciou_norm", "sim_thresh",
     "dets_for_track", "dets_for_show", "bilinear", "rescore", "absolute", "thresh", "coords",
@@ -75,7 +92,7 @@ YOLO_KNOWN = {
 
 
 # -- value readers ------------------------------------------------------------------------
-class _Reader:
+class SectionReader:
     """Typed access to one section's options, with file:line errors and unused-key warnings."""
 
     def __init__(self, section: Section, used: set[str], known: set[str], *, warn: bool = True):

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from detkit.darknet.spec_types import (
-    ConvSpec, MaxPoolSpec, NetworkSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec,
+    AvgPoolSpec, ConvSpec, DropoutSpec, MaxPoolSpec, NetworkSpec, RegionSpec, ReorgSpec, RouteSpec, SamSpec,
+    ScaleChannelsSpec, ShortcutSpec, UpsampleSpec, YoloSpec,
 )
 from detkit.errors import CfgError
 
@@ -46,13 +47,62 @@ def infer_shapes(spec: NetworkSpec, input_chw: tuple[int, int, int] | None = Non
         if isinstance(layer, ConvSpec):
             if pc % layer.groups or layer.filters % layer.groups:
                 raise fail(f"groups={layer.groups} must divide the input channels ({pc}) and filters ({layer.filters})")
+            if layer.share_index >= 0:
+                other = spec.layers[layer.share_index]
+                if not isinstance(other, ConvSpec) or other.share_index >= 0:
+                    raise fail(f"share_index points to layer {layer.share_index} [{other.type}], not a conv with weights")
+                in_other = shapes[other.index - 1][0] if other.index else c
+                if (other.filters, other.size, other.groups, other.batch_normalize, in_other) != \
+                        (layer.filters, layer.size, layer.groups, layer.batch_normalize, pc):
+                    raise fail(f"share_index={layer.share_index}: that conv's weights have another shape")
             span = layer.dilation * (layer.size - 1) + 1
-            oh = (ph + 2 * layer.padding - span) // layer.stride + 1
-            ow = (pw + 2 * layer.padding - span) // layer.stride + 1
+            sy, sx = layer.strides
+            pad = layer.padding * layer.dilation  # darknet: im2col pads pad * dilation
+            oh = (ph + 2 * pad - span) // sy + 1
+            ow = (pw + 2 * pad - span) // sx + 1
+            # darknet sizes the output as if undilated; both agree when pad = (size - 1) / 2
+            if layer.dilation > 1 and (oh, ow) != ((ph + 2 * layer.padding - layer.size) // sy + 1,
+                                                   (pw + 2 * layer.padding - layer.size) // sx + 1):
+                raise fail(f"dilation={layer.dilation} with padding={layer.padding} and size={layer.size}: "
+                           "darknet's output size ignores the dilation there; not supported by detkit "
+                           "(use pad=1 with an odd size)")
             out = (layer.filters, oh, ow)
         elif isinstance(layer, MaxPoolSpec):
-            out = (pc, (ph + layer.padding - layer.size) // layer.stride + 1,
-                   (pw + layer.padding - layer.size) // layer.stride + 1)
+            sy, sx = layer.strides
+            out = (pc, (ph + layer.padding - layer.size) // sy + 1, (pw + layer.padding - layer.size) // sx + 1)
+        elif isinstance(layer, AvgPoolSpec):
+            out = (pc, 1, 1)
+        elif isinstance(layer, DropoutSpec):
+            out = prev
+        elif isinstance(layer, ReorgSpec):
+            st = layer.stride
+            if layer.reverse:
+                if pc % (st * st):
+                    raise fail(f"reverse reorg stride={st} needs channels ({pc}) divisible by {st * st}")
+                out = (pc // (st * st), ph * st, pw * st)
+            else:
+                if ph % st or pw % st or (layer.old and pc % (st * st)):
+                    need = f"and channels ({pc}) divisible by {st * st}" if layer.old else ""
+                    raise fail(f"reorg stride={st} needs height and width ({ph}x{pw}) divisible by {st} {need}".rstrip())
+                out = (pc * st * st, ph // st, pw // st)
+        elif isinstance(layer, SamSpec):
+            src = shapes[layer.from_[0]]
+            if src != prev:
+                raise fail(f"[sam] from layer {layer.from_[0]} {src[0]}x{src[1]}x{src[2]} does not match the previous "
+                           f"output {pc}x{ph}x{pw}")
+            out = prev
+        elif isinstance(layer, ScaleChannelsSpec):
+            src = shapes[layer.from_[0]]
+            want = (1, src[1], src[2]) if layer.scale_wh else (src[0], 1, 1)
+            if prev != want:
+                raise fail(f"[scale_channels] needs the previous output to be {want[0]}x{want[1]}x{want[2]} for "
+                           f"layer {layer.from_[0]} ({src[0]}x{src[1]}x{src[2]}), got {pc}x{ph}x{pw}")
+            out = src
+        elif isinstance(layer, RegionSpec):
+            want = layer.num * (layer.classes + layer.coords + 1)
+            if pc != want:
+                raise fail(f"input has {pc} channels but num * (classes + coords + 1) = {want}")
+            out = prev
         elif isinstance(layer, UpsampleSpec):
             out = (pc, ph * layer.stride, pw * layer.stride)
         elif isinstance(layer, RouteSpec):
@@ -65,10 +115,10 @@ def infer_shapes(spec: NetworkSpec, input_chw: tuple[int, int, int] | None = Non
                     raise fail(f"groups={layer.groups} does not divide the {s[0]} channels of layer {i}")
             out = (sum(s[0] // layer.groups for s in srcs), srcs[0][1], srcs[0][2])
         elif isinstance(layer, ShortcutSpec):
-            for i in layer.from_:
-                if shapes[i] != prev:
+            for i in layer.from_:  # darknet: other channel counts add into the first channels
+                if shapes[i][1:] != prev[1:]:
                     raise fail(f"shortcut from layer {i} {shapes[i][0]}x{shapes[i][1]}x{shapes[i][2]} does not "
-                               f"match the previous output {pc}x{ph}x{pw}")
+                               f"match the previous output {pc}x{ph}x{pw} in height and width")
             out = prev
         elif isinstance(layer, YoloSpec):
             want = (layer.classes + 5) * len(layer.mask)

@@ -1,5 +1,6 @@
 """Typed, frozen layer specs: ``NetSpec`` (the ``[net]`` section), one dataclass per supported layer
-section (``ConvSpec``, ``MaxPoolSpec``, ``UpsampleSpec``, ``RouteSpec``, ``ShortcutSpec``, ``YoloSpec``),
+section (``ConvSpec``, ``MaxPoolSpec``, ``UpsampleSpec``, ``RouteSpec``, ``ShortcutSpec``, ``YoloSpec``,
+``RegionSpec``, ``ReorgSpec``, ``AvgPoolSpec``, ``DropoutSpec``, ``SamSpec``, ``ScaleChannelsSpec``),
 the ``LayerSpec`` union and ``NetworkSpec`` (a whole validated cfg).
 
 Plain data: built by the parser in :mod:`detkit.darknet.specs`; this module imports no parser code.
@@ -57,13 +58,20 @@ class LayerBase:
 class ConvSpec(LayerBase):
     filters: int = 1
     size: int = 1
-    stride: int = 1
-    padding: int = 0  # effective zero padding per side (pad=1 -> size//2)
+    stride: int = 1  # = stride_y; stride_x may differ (darknet's stride_x= / stride_y= keys)
+    padding: int = 0  # darknet's pad per side (pad=1 -> size//2); the conv pads padding * dilation
     groups: int = 1
     dilation: int = 1
     batch_normalize: bool = False
     activation: str = "logistic"
+    stride_x: int = 0  # 0: same as stride
+    share_index: int = -1  # >= 0: uses the weights of that (earlier) conv layer (darknet share_index=)
     type: str = field(default="convolutional", init=False)
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """``(stride_y, stride_x)``."""
+        return self.stride, self.stride_x or self.stride
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,14 @@ class MaxPoolSpec(LayerBase):
     size: int = 1
     stride: int = 1
     padding: int = 0  # total padding; left/top gets padding//2, right/bottom the rest (-inf)
+    stride_x: int = 0  # 0: same as stride
+    average: bool = False  # [local_avgpool]: mean over the window's cells inside the image
     type: str = field(default="maxpool", init=False)
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """``(stride_y, stride_x)``."""
+        return self.stride, self.stride_x or self.stride
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,63 @@ class RouteSpec(LayerBase):
 class ShortcutSpec(LayerBase):
     from_: tuple[int, ...] = ()  # absolute layer indices added to the previous output
     activation: str = "linear"
+    weights_type: str = "none"  # none | per_feature | per_channel (per_layer = per_feature)
+    weights_normalization: str = "none"  # none | relu | softmax (avg_relu = relu)
     type: str = field(default="shortcut", init=False)
+
+
+@dataclass(frozen=True)
+class SamSpec(LayerBase):
+    """``[sam]``: previous output times the output of ``from`` (same shape), then activation."""
+
+    from_: tuple[int, ...] = ()
+    activation: str = "linear"
+    type: str = field(default="sam", init=False)
+
+
+@dataclass(frozen=True)
+class ScaleChannelsSpec(LayerBase):
+    """``[scale_channels]``: the output of ``from`` (C, H, W) times the previous output, one value per
+    channel (C, 1, 1), or per position (1, H, W) with ``scale_wh=1``; then activation."""
+
+    from_: tuple[int, ...] = ()
+    scale_wh: bool = False
+    activation: str = "linear"
+    type: str = field(default="scale_channels", init=False)
+
+
+@dataclass(frozen=True)
+class ReorgSpec(LayerBase):
+    """``[reorg3d]`` (space-to-depth, ``old=False``) or ``[reorg]`` (darknet's ``reorg_old``:
+    the same loop run on the input reinterpreted as (C/s², H*s, W*s), ``old=True``)."""
+
+    stride: int = 2
+    reverse: bool = False
+    old: bool = False
+    type: str = field(default="reorg3d", init=False)
+
+
+@dataclass(frozen=True)
+class ReorgOldSpec(ReorgSpec):
+    """``[reorg]``: darknet's ``reorg_old`` layer (YOLOv2); see :class:`ReorgSpec`."""
+
+    old: bool = True
+    type: str = field(default="reorg", init=False)
+
+
+@dataclass(frozen=True)
+class AvgPoolSpec(LayerBase):
+    """``[avgpool]``: global average over H, W -> (C, 1, 1)."""
+
+    type: str = field(default="avgpool", init=False)
+
+
+@dataclass(frozen=True)
+class DropoutSpec(LayerBase):
+    """``[dropout]``: identity at inference; darknet scales kept values by 1 / (1 - p) in training."""
+
+    probability: float = 0.5
+    type: str = field(default="dropout", init=False)
 
 
 @dataclass(frozen=True)
@@ -113,6 +184,10 @@ class YoloSpec(LayerBase):
     obj_normalizer: float = 1.0
     label_smooth_eps: float = 0.0
     max_boxes: int = 200
+    new_coords: bool = False  # scaled-YOLOv4 / YOLOv7: the conv already applied logistic; w = 4 t^2 anchor
+    beta_nms: float = 0.6
+    nms_kind: str = "default"
+    objectness_smooth: bool = False
     type: str = field(default="yolo", init=False)
 
     @property
@@ -121,7 +196,40 @@ class YoloSpec(LayerBase):
         return tuple(self.anchors[m] for m in self.mask)
 
 
-LayerSpec = Union[ConvSpec, MaxPoolSpec, UpsampleSpec, RouteSpec, ShortcutSpec, YoloSpec]
+@dataclass(frozen=True)
+class RegionSpec(LayerBase):
+    """``[region]`` (YOLOv2 head): anchors in grid cells (``num`` pairs), every anchor predicts;
+    ``coords`` box values, logistic objectness, softmax classes (``softmax=1``) or logistic."""
+
+    anchors: tuple[tuple[float, float], ...] = ()  # grid-cell units
+    classes: int = 20
+    num: int = 1
+    coords: int = 4
+    softmax: bool = False
+    bias_match: bool = False
+    jitter: float = 0.2
+    thresh: float = 0.5
+    object_scale: float = 1.0
+    noobject_scale: float = 1.0
+    class_scale: float = 1.0
+    coord_scale: float = 1.0
+    rescore: bool = False
+    absolute: bool = False
+    random: float = 0.0
+    type: str = field(default="region", init=False)
+
+    @property
+    def mask(self) -> tuple[int, ...]:
+        return tuple(range(self.num))
+
+    @property
+    def mask_anchors(self) -> tuple[tuple[float, float], ...]:
+        return self.anchors
+
+
+LayerSpec = Union[ConvSpec, MaxPoolSpec, UpsampleSpec, RouteSpec, ShortcutSpec, YoloSpec, RegionSpec,
+                  ReorgSpec, AvgPoolSpec, DropoutSpec, SamSpec, ScaleChannelsSpec]
+HEAD_TYPES = ("yolo", "region")
 
 
 @dataclass(frozen=True)
@@ -134,8 +242,9 @@ class NetworkSpec:
     text: str
 
     @property
-    def yolo_layers(self) -> tuple[YoloSpec, ...]:
-        return tuple(layer for layer in self.layers if isinstance(layer, YoloSpec))
+    def yolo_layers(self) -> tuple[YoloSpec | RegionSpec, ...]:
+        """Every detection head (``[yolo]`` and ``[region]``) in cfg order."""
+        return tuple(layer for layer in self.layers if isinstance(layer, (YoloSpec, RegionSpec)))
 
     @property
     def num_classes(self) -> int:

@@ -1,10 +1,17 @@
 """darknet ``.weights`` read/write (REFERENCES.md §2).
 
 Layout: int32 major, int32 minor, int32 revision, then ``seen`` as uint64 when
-``major * 10 + minor >= 2`` and ``major, minor < 1000`` (else uint32). Then, for each
-``[convolutional]`` in cfg order: with ``batch_normalize``: BN beta, gamma, running mean,
-running variance, conv weights ``(out, in/groups, k, k)``; without: conv bias, conv weights.
-All float32 little-endian; nothing else for the layer types detkit supports.
+``major * 10 + minor >= 2`` and ``major, minor < 1000`` (else uint32). Then, in cfg layer order
+(darknet's ``load_weights_upto``): for each ``[convolutional]`` with its own weights (not
+``share_index``): with ``batch_normalize``: BN beta, gamma, running mean, running variance, conv
+weights ``(out, in/groups, k, k)``; without: conv bias, conv weights; for each weighted
+``[shortcut]`` (``weights_type=per_feature|per_channel``): its ``(n + 1)`` or ``(n + 1) * C``
+weights. All float32 little-endian; nothing else for the layer types detkit supports.
+
+One writer's mistake is recognised: PyTorch ports (pytorchyolo's ``save_darknet_weights``) write a
+five-int32 header (64-bit ``seen``) under a version 0.0 header, which darknet reads with a 32-bit
+``seen``: exactly 4 bytes are left over. Such a file (and the mirror case, a >= 0.2 header with a
+32-bit ``seen``: exactly 4 bytes missing) loads with a warning; every other size mismatch is an error.
 
 Sizes are always computed from the model (never from counts in the file); the file size only
 bounds what is read, so a corrupt or hostile file cannot make detkit allocate more than it holds.
@@ -21,7 +28,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from detkit.darknet.layers import ConvLayer, YoloLayer
+from torch import nn
+
+from detkit.darknet.layers import ConvLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
 from detkit.errors import WeightsError
 from detkit.fileio import write_atomic
@@ -52,14 +61,16 @@ class WeightsHeader:
 
 @dataclass(frozen=True)
 class ConvTensors:
-    """Where one conv layer's tensors sit in a weights file (float counts, file order)."""
+    """Where one layer's tensors sit in a weights file (float counts, file order): a conv, or a
+    weighted shortcut (``names == ("weight",)``)."""
 
     index: int  # cfg layer index
-    line: int  # cfg line of the [convolutional] header
-    module: ConvLayer
+    line: int  # cfg line of the section header
+    module: nn.Module  # ConvLayer or ShortcutLayer
     file_filters: int  # filters in the file (differs from the model for a re-sized head)
     names: tuple[str, ...]
     counts: tuple[int, ...]
+    model_filters: int = 0
 
     @property
     def total(self) -> int:
@@ -67,7 +78,7 @@ class ConvTensors:
 
     @property
     def same_shape(self) -> bool:
-        return self.file_filters == self.module.conv.out_channels
+        return self.file_filters == self.model_filters
 
 
 @dataclass(frozen=True)
@@ -115,13 +126,21 @@ def _head_convs(model: DarknetModel) -> dict[int, YoloLayer]:
 
 def conv_layout(model: DarknetModel, cutoff: int | None = None,
                 file_num_classes: int | None = None) -> list[ConvTensors]:
-    """Tensor counts of every conv (layer index < cutoff) as stored in a file with
-    ``file_num_classes`` classes (default: the model's)."""
+    """Tensor counts of every layer with weights (layer index < cutoff) as stored in a file with
+    ``file_num_classes`` classes (default: the model's): convs and weighted shortcuts, cfg order."""
     heads = _head_convs(model)
     layout = []
-    for i, conv in model.conv_layers:
+    owners = dict(model.conv_layers)
+    for i, module in enumerate(model.layers):
         if cutoff is not None and i >= cutoff:
             break
+        if isinstance(module, ShortcutLayer) and getattr(module, "weight", None) is not None:
+            n = module.weight.numel()
+            layout.append(ConvTensors(i, module.spec.line, module, n, ("weight",), (n,), n))
+            continue
+        if i not in owners:
+            continue
+        conv = owners[i]
         c = conv.conv
         filters = c.out_channels
         if file_num_classes is not None and i in heads:
@@ -133,7 +152,7 @@ def conv_layout(model: DarknetModel, cutoff: int | None = None,
         else:
             names = ("conv.bias", "conv.weight")
             counts = (filters, filters * per_filter)
-        layout.append(ConvTensors(i, conv.spec.line, conv, filters, names, counts))
+        layout.append(ConvTensors(i, conv.spec.line, conv, filters, names, counts, c.out_channels))
     return layout
 
 
@@ -144,6 +163,7 @@ def _infer_file_classes(model: DarknetModel, n_floats: int) -> int | None:
         return None
     base = sum(t.total for t in conv_layout(model, file_num_classes=None) if t.index not in heads)
     # each head conv holds (C + 5) * A filters of (per_filter + 1 or 4) floats -> linear in C
+    # ([region] heads: (C + coords + 1) * num with coords = 4, the same form)
     slope = 0
     for t in conv_layout(model):
         if t.index in heads:
@@ -156,7 +176,33 @@ def _infer_file_classes(model: DarknetModel, n_floats: int) -> int | None:
 
 
 def _where(t: ConvTensors) -> str:
-    return f"layer {t.index} ([convolutional] at cfg line {t.line})"
+    kind = "shortcut" if t.names == ("weight",) else "convolutional"
+    return f"layer {t.index} ([{kind}] at cfg line {t.line})"
+
+
+def _fix_seen_width(header: WeightsHeader, body: int, expected: int, path: Path,
+                    f: BinaryIO) -> WeightsHeader:
+    """Recognise the one known writer's mistake about the width of ``seen`` (module docstring).
+
+    ``body`` is the file size after the header as darknet reads it, ``expected`` what the model's
+    layers need. Returns the header to use (the file position moved past the real header) or the
+    given one unchanged.
+    """
+    if not header.seen_64bit and body - 4 == expected:
+        extra = f.read(4)
+        seen = header.seen | (struct.unpack("<I", extra)[0] << 32)
+        log.warning("%s: version %d.%d header with a 64-bit 'seen' (5 int32; darknet reads 4 for versions "
+                    "before 0.2, leaving 4 bytes over): written by a PyTorch port's save_darknet_weights; "
+                    "loaded as such", path, header.major, header.minor)
+        return WeightsHeader(header.major, header.minor, header.revision, seen)
+    if header.seen_64bit and body + 4 == expected:
+        f.seek(12 + 4)
+        seen = header.seen & 0xFFFFFFFF
+        log.warning("%s: version %d.%d header with a 32-bit 'seen' (darknet reads 64 bits from version 0.2 "
+                    "on, leaving the file 4 bytes short): a writer's mistake; loaded with a 32-bit 'seen'",
+                    path, header.major, header.minor)
+        return WeightsHeader(header.major, header.minor, header.revision, seen)
+    return header
 
 
 @torch.no_grad()
@@ -194,6 +240,9 @@ def load_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
         size = os.fstat(f.fileno()).st_size
         header = read_weights_header(f, p)
         body = size - header.nbytes
+        if cutoff is None and file_num_classes is None:
+            header = _fix_seen_width(header, body, sum(t.total for t in conv_layout(model)) * FLOAT_BYTES, p, f)
+            body = size - f.tell()
         if file_num_classes is None and cutoff is None and body % FLOAT_BYTES == 0:
             if sum(t.total for t in conv_layout(model)) * FLOAT_BYTES != body:
                 guess = _infer_file_classes(model, body // FLOAT_BYTES)
@@ -224,7 +273,7 @@ def load_darknet_weights(model: DarknetModel, path: str | os.PathLike, cutoff: i
                     offset += count
             if not t.same_shape:
                 f.seek(t.total * FLOAT_BYTES, os.SEEK_CUR)  # skip the file's tensors, never allocate them
-                _reinit_conv(t.module)
+                _reinit_conv(t.module)  # type: ignore[arg-type]  # only head convs change shape
                 reinit.append(t.index)
                 log.warning("%s: %s has %d filters in the file but %d in the model (class count %s -> %d); "
                             "re-initialised it, loading everything else",
