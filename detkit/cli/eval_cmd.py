@@ -32,6 +32,14 @@ def add_parser(subparsers) -> None:
                    help="score threshold of the TP/FP/FN counts; AP uses every detection (default 0.25)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PR curves, confusion matrix and PR points CSV here")
+    a = p.add_argument_group("error analysis (any of these also prints the error breakdown and the best-F1 "
+                             "thresholds, and adds 'errors' and 'best_f1' to --json)")
+    a.add_argument("--errors", action="store_true",
+                   help="TIDE error breakdown (dAP per error type) and the F1-optimal confidence per class")
+    a.add_argument("--per-image", metavar="OUT", help="per-image TP/FP/FN and error types, worst first (.csv or .jsonl)")
+    a.add_argument("--report", metavar="DIR", help="write DIR/report.html: one self-contained HTML report")
+    a.add_argument("--images", metavar="DIR",
+                   help="image folder for the report's galleries (default: the images the ground truth names)")
     po = p.add_mutually_exclusive_group()
     po.add_argument("--no-plus-one", dest="plus_one", action="store_const", const=False, default=None,
                     help="VOC: IoU without the devkit's +1 pixel (default: +1 on VOC XML ground truth)")
@@ -55,6 +63,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkit.evaluate.analysis_outputs import AnalysisRequest, run_analysis
     from detkit.evaluate.run import evaluate_files, evaluate_model
 
     names = None
@@ -85,11 +94,23 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(f"# {rep.n_images} images, {rep.n_detections} detections, {len(rep.classes)} classes")
     print(rep.format_table())
+    extra = None
+    request = AnalysisRequest(errors=args.errors, report_dir=args.report, per_image=args.per_image,
+                              images_dir=args.images)
+    if request.wanted:
+        out = run_analysis(run_, request)
+        print(out.text)
+        extra = out.analysis.to_dict()
+        if out.per_image is not None:
+            log.info("wrote %s", out.per_image)
+        if out.report is not None:
+            log.info("wrote %s (%.2f MB, %d thumbnails)", out.report.path, out.report.size_bytes / 1e6,
+                     out.report.thumbnails)
     if args.json or args.plots:
         from detkit.evaluate.outputs import write_report_json, write_report_plots
 
         if args.json:
-            write_report_json(run_, args.json, sources)
+            write_report_json(run_, args.json, sources, extra)
             log.info("wrote %s", args.json)
         if args.plots:
             files = write_report_plots(run_, args.plots, iou_threshold=args.iou, conf_threshold=args.conf)

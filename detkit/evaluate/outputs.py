@@ -12,10 +12,12 @@ from detkit.metrics.confusion import confusion_matrix
 from detkit.metrics.plots import write_plots
 
 
-def write_report_json(run: EvalRun, path: str | os.PathLike, sources: dict) -> None:
-    """``report.to_dict()`` plus ``sources`` (the input paths), written atomically (strict JSON)."""
+def write_report_json(run: EvalRun, path: str | os.PathLike, sources: dict, extra: dict | None = None) -> None:
+    """``report.to_dict()`` plus ``sources`` (the input paths) and ``extra`` keys (the analysis:
+    ``errors``, ``best_f1``), written atomically (strict JSON)."""
     d = run.report.to_dict()
     d["sources"] = sources
+    d.update(extra or {})
     write_bytes_atomic(Path(path), (json.dumps(d, indent=1, allow_nan=False) + "\n").encode("utf-8"), fsync=False,
                        make_parents=True)
 

@@ -66,6 +66,7 @@ class EvalRun:
     dt: DetTable
     class_names: list[str]
     plus_one: bool
+    image_files: tuple = ()  # image path per ground-truth image when known (YOLO lists, VOC roots), else None
 
 
 def evaluate_files(gt_path: str | os.PathLike, pred_path: str | os.PathLike, metric: str = "voc",
@@ -84,7 +85,7 @@ def evaluate_files(gt_path: str | os.PathLike, pred_path: str | os.PathLike, met
     po = default_plus_one if plus_one is None else bool(plus_one)
     report = evaluate(g, d, class_names, metric=metric, iou_threshold=iou_threshold,  # type: ignore[arg-type]
                       conf_threshold=conf_threshold, plus_one=po, iou_rule=iou_rule)  # type: ignore[arg-type]
-    return EvalRun(report=report, gt=g, dt=d, class_names=class_names, plus_one=po)
+    return EvalRun(report=report, gt=g, dt=d, class_names=class_names, plus_one=po, image_files=gt.image_files)
 
 
 # --------------------------------------------------------------------------- model-driven evaluation
@@ -146,4 +147,5 @@ def evaluate_model(cfg: str | os.PathLike | None, weights: str | os.PathLike, da
     po = default_plus_one if plus_one is None else bool(plus_one)
     report = evaluate(g, d, gt.class_names, metric=metric, iou_threshold=iou_threshold,  # type: ignore[arg-type]
                       conf_threshold=conf_threshold, plus_one=po, iou_rule=iou_rule)  # type: ignore[arg-type]
-    return EvalRun(report=report, gt=g, dt=d, class_names=list(gt.class_names), plus_one=po)
+    return EvalRun(report=report, gt=g, dt=d, class_names=list(gt.class_names), plus_one=po,
+                   image_files=gt.image_files)

@@ -38,7 +38,10 @@ class Analysis:
 
     def to_dict(self, with_curves: bool = True) -> dict:
         """The JSON keys ``errors`` and ``best_f1`` (with per-class curves)."""
-        return {"errors": self.errors.to_dict(), "best_f1": self.thresholds.to_dict(with_curves)}
+        errors = self.errors.to_dict()
+        errors["classes"] = [{"name": b.name, **{t: int(n) for t, n in zip(ERROR_TYPES, row)}}
+                             for b, row in zip(self.thresholds.best, self.errors.class_counts)]
+        return {"errors": errors, "best_f1": self.thresholds.to_dict(with_curves)}
 
     def format_errors(self) -> str:
         """tidecv-style summary: dAP per main error type and of the two oracles (percent points)."""

@@ -35,6 +35,7 @@ Values are fractions (tidecv prints percent: x 100).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +88,11 @@ class TideResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no per-detection arrays)."""
-        return {"ap": self.ap, "dap": dict(self.dap), "special": dict(self.special),
+        def num(x):
+            return None if math.isnan(x) else float(x)
+
+        return {"ap": num(self.ap), "dap": {k: num(v) for k, v in self.dap.items()},
+                "special": {k: num(v) for k, v in self.special.items()},
                 "counts": {k: int(v) for k, v in self.counts.items()},
                 "pos_thresh": self.pos_thresh, "bg_thresh": self.bg_thresh, "max_dets": self.max_dets,
                 "interpolation": self.interpolation, "units": "AP fraction (tidecv prints percent)"}
