@@ -245,17 +245,20 @@ def write_html_report(out_dir: str | Path, report: EvalReport, analysis: Analysi
            f'<p class="note" id="size-note">This file: @@SIZE@@. {esc(gal_note)}.</p>',
            f'<pre class="conv" id="convention">{esc(report.convention)}</pre>',
            "<h2>Per class</h2>", _class_table(report, an),
+           f'<p class="note">TP/FP/FN, P, R, F1 at conf {report.conf_threshold:g}; best conf: the threshold that '
+           "maximises F1 (TP/FP/FN there); Cls ... Miss: TIDE error types over every evaluated detection. "
+           "Click a column to sort.</p>",
            f'<h2>Error breakdown (TIDE)</h2><pre class="conv">{esc(an.format_errors())}</pre>'
            f'<div class="plots" id="error-bars">{bars}</div>',
            "<h2>Curves</h2>", _curves(report, an),
            "<h2>Confusion matrix</h2><p class=\"note\">rows: ground truth, columns: prediction; class-agnostic "
            f"one-to-one matching at IoU {report.iou_threshold:g}, conf {report.conf_threshold:g}</p>",
            _confusion(cm, class_names),
+           "<h2>Galleries</h2><p class=\"note\">TP green, FP red (with its error type), FN blue</p>", "".join(gal),
            f"<h2>Worst images</h2><p class=\"note\">by FP + FN at conf {report.conf_threshold:g}, first "
            f"{len(worst)} of {n_img} (all: --per-image)</p>"
            f'<table id="worst-images" class="sortable"><thead><tr><th class="n">image</th>{whead}</tr></thead>'
            f"<tbody>{wrows}</tbody></table>",
-           "<h2>Galleries</h2><p class=\"note\">TP green, FP red (with its error type), FN blue</p>", "".join(gal),
            f"<script>{JS}</script></body></html>"]
     text = "".join(doc)
     size = len(text.encode("utf-8"))
