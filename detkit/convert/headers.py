@@ -84,6 +84,26 @@ def fast_size(head: bytes) -> tuple[int, int] | None:
 _HEAD_BYTES = 128 * 1024
 
 
+def image_kind(head: bytes) -> str | None:
+    """``.jpg``, ``.png`` or ``.bmp`` from a file's first bytes (its content, not its name); None otherwise."""
+    if head[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return ".bmp"
+    return None
+
+
+def sniff_image(path: str) -> str | None:
+    """:func:`image_kind` of a file on disk; None when it cannot be read or is not such an image."""
+    try:
+        with open(path, "rb") as fh:
+            return image_kind(fh.read(32))
+    except OSError:
+        return None
+
+
 def check_image(path: str) -> tuple[int, int]:
     """Real (width, height) after EXIF orientation; raises ImageError for unreadable/truncated files.
 

@@ -72,8 +72,10 @@ def clean_stale(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def place_image(src: str, dst: str, mode: str) -> str:
-    if os.path.splitext(src)[1].lower() == ".bmp":
+def place_image(src: str, dst: str, mode: str, kind: str | None = None) -> str:
+    """Put one image into the build folder: hard link (``mode="link"``, copy where refused) or copy;
+    BMP (by extension, or ``kind=".bmp"`` from the content) is re-encoded as PNG. Returns how."""
+    if (kind or os.path.splitext(src)[1].lower()) == ".bmp":
         from PIL import Image  # BMP -> PNG, pixel-identical
         with Image.open(src) as im:
             buf = io.BytesIO()

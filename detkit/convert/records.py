@@ -25,6 +25,7 @@ class ConvertedImage:
     height: int
     objects: list[tuple[str, float, float, float, float]]  # class name, cx, cy, w, h (normalised)
     difficult_names: list[str]
+    kind: str | None = None  # image type from the content when the file name has no image extension
 
 
 class ReportLog:

@@ -30,8 +30,11 @@ import yaml
 
 from detkit.convert.boxes import convert_boxes
 from detkit.convert.discovery import (
-    find_image,
+    choose_image,
+    clean_filename,
+    image_candidates,
     in_year_folder_outside_jpegimages,
+    unsafe_filename,
     walk_source,
 )
 from detkit.convert.headers import check_image
@@ -98,11 +101,11 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     items: list[ConvertedImage] = []
     claimed: dict[str, str] = {}
 
-    iterator = tree.xmls
-    if opts.progress:
-        from tqdm import tqdm
-        iterator = tqdm(tree.xmls, desc="convert-voc", unit="xml")
-    for xml_rel in iterator:
+    # first pass: read every XML and list the images it can name, so that an exact match always
+    # wins over another XML's case-insensitive or Unicode-normalised fallback (whatever the order)
+    parsed: list[tuple[str, str, str | None, str, object, list]] = []
+    exact_owner: dict[str, str] = {}
+    for xml_rel in tree.xmls:
         parent = xml_rel.rsplit("/", 1)[0] if "/" in xml_rel else ""
         xml_stem = os.path.splitext(xml_rel.rsplit("/", 1)[-1])[0]
         group = None
@@ -114,14 +117,34 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         try:
             rec = read_voc_annotation(os.path.join(src, xml_rel))
         except AnnotationError as exc:
+            parsed.append((xml_rel, xml_stem, group, image_dir, exc, []))
+            continue
+        fname = rec.filename.strip()
+        cands = image_candidates(tree, src, image_dir, "" if unsafe_filename(fname) else fname, xml_stem)
+        if cands and cands[0].tier <= 1:
+            exact_owner.setdefault(cands[0].path, xml_rel)
+        parsed.append((xml_rel, xml_stem, group, image_dir, rec, cands))
+
+    iterator = parsed
+    if opts.progress:
+        from tqdm import tqdm
+        iterator = tqdm(parsed, desc="convert-voc", unit="xml")
+    for xml_rel, xml_stem, group, image_dir, rec, cands in iterator:
+        if isinstance(rec, AnnotationError):
+            exc = rec
             msg = exc.message + (f" (line {exc.line})" if exc.line else "")
             logs.skip(xml_rel, "bad_xml", msg)
             continue
-        image_rel = find_image(tree, image_dir, rec, xml_rel, logs)
-        if image_rel is None:
+        fname = clean_filename(rec, xml_rel, logs)
+        match, refused = choose_image(cands, fname, xml_rel, exact_owner)
+        if match is None:
+            why = f"; {refused}" if refused else ""
             logs.skip(xml_rel, "no_image", f"no image for this annotation in {image_dir or '.'}/ "
-                      f"(<filename> {rec.filename!r}, or the XML's stem with {', '.join(IMAGE_EXTENSIONS)})")
+                      f"(<filename> {rec.filename!r}, or the XML's stem with {', '.join(IMAGE_EXTENSIONS)}){why}")
             continue
+        if match.note:
+            logs.warn(xml_rel, "filename_mismatch", match.note)
+        image_rel = match.path
         if image_rel in claimed:
             logs.skip(xml_rel, "duplicate_annotation", f"image {image_rel!r} is already annotated by {claimed[image_rel]!r}")
             continue
@@ -145,7 +168,10 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             logical = f"{group}/{inner}" if group else inner
         else:
             logical = image_rel
-        items.append(ConvertedImage(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names))
+        if match.kind is not None:  # named without an image extension, an image by content
+            logical += match.kind
+        items.append(ConvertedImage(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names,
+                                    kind=match.kind))
 
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
@@ -216,7 +242,8 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
                 os.makedirs(os.path.join(tmp_s, "images", folder), exist_ok=True)
                 os.makedirs(os.path.join(tmp_s, "labels", folder), exist_ok=True)
                 made_dirs.add(folder)
-            modes[place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link)] += 1
+            modes[place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link,
+                               kind=it.kind)] += 1
             text = format_yolo_labels([(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects])
             label = os.path.join(tmp_s, "labels", stem + ".txt")
             write_new(label, text)
