@@ -152,9 +152,9 @@ def read_cfg(path: str | os.PathLike) -> list[Section]:
 
 
 def builtin_cfg_dirs() -> list[Path]:
-    """Folders searched for bare cfg names: ``detkit/cfg`` (installed data) then the repo's ``cfg/``."""
-    here = Path(__file__).resolve()
-    return [here.parents[1] / "cfg", here.parents[2] / "cfg"]
+    """Folders searched for bare cfg names: ``detkit/darknet/cfgs`` (package data, present in an
+    installed wheel; the repository's ``cfg/`` is a link to it)."""
+    return [Path(__file__).resolve().parent / "cfgs"]
 
 
 def builtin_cfg_names() -> list[str]:

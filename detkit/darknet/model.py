@@ -78,8 +78,12 @@ class DarknetModel(nn.Module):
             if isinstance(layer_spec, RegionSpec):  # anchors in pixels at the cfg's own input size
                 module = RegionLayer(layer_spec, (spec.net.width / shape[2], spec.net.height / shape[1]))
             if isinstance(layer_spec, ConvSpec) and layer_spec.share_index >= 0:
-                owner = self.layers[layer_spec.share_index]  # darknet shares weights, biases, BN tensors
-                module.conv, module.bn = owner.conv, owner.bn
+                # darknet shares weights, biases and BN tensors; stride, dilation and activation stay own
+                owner = self.layers[layer_spec.share_index]
+                module.conv.weight = owner.conv.weight
+                if owner.conv.bias is not None:
+                    module.conv.bias = owner.conv.bias
+                module.bn = owner.bn
             self.layers.append(module)
             in_c = shape[0]
         self.yolo_layers: list[YoloLayer] = [m for m in self.layers if isinstance(m, YoloLayer)]
