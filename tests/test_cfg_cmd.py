@@ -67,7 +67,8 @@ def test_check_prints_layer_table(capsys):
     assert row11.split() == ["11", "maxpool", "2x2/1", "13x13x512", "13x13x512", "0.000"]  # keeps 13x13
     row15 = next(line for line in lines if line.lstrip().startswith("15 "))
     assert "13x13x255" in row15 and "130,815" in row15
-    assert lines[-1] == ("24 layers, 2 yolo heads, 80 classes, input 416x416x3, 8,852,366 parameters, "
+    assert lines[-1] == "supported"
+    assert lines[-2] == ("24 layers, 2 detection heads, 80 classes, input 416x416x3, 8,852,366 parameters, "
                          "5.571 BFLOPs")  # darknet reports 5.571 BFLOPs for yolov3-tiny at 416
 
 
@@ -76,7 +77,7 @@ def test_check_with_classes_and_size(capsys):
                               "--img-size", "608x320")
     assert code == 0
     assert "19x10x21" in stdout and "38x20x21" in stdout
-    assert "input 608x320x3" in stdout.splitlines()[-1]
+    assert "input 608x320x3" in stdout.splitlines()[-2]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -107,3 +108,26 @@ def test_refuses_to_overwrite_input(repo, tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "cfg", "--cfg", str(src), "--classes", "2", "-o",
                               str(tmp_path / "missing" / "x.cfg"))
     assert code == 1 and "output folder does not exist" in stderr
+
+
+def test_check_says_supported_for_every_builtin(capsys):
+    for name in ("yolov7-tiny", "yolov2-tiny", "yolov3-tiny-prn"):
+        code, stdout, _ = run_cli(capsys, "cfg", "--cfg", name, "--check", "--img-size", "160")
+        assert code == 0 and stdout.rstrip().endswith("supported"), name
+    _, stdout, _ = run_cli(capsys, "cfg", "--cfg", "yolov7-tiny", "--check")
+    assert "yolo mask 0,1,2 new_coords" in stdout
+    _, stdout, _ = run_cli(capsys, "cfg", "--cfg", "yolov2-tiny", "--check")
+    assert "region 5 anchors softmax" in stdout
+
+
+def test_check_lists_every_unsupported_feature_with_its_line(tmp_path, capsys):
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nxnor=1\n"
+                   "[convolutional]\nfilters=4\nbinary=1\n[crnn]\noutput=4\n[convolutional]\nfilters=36\n"
+                   "[Gaussian_yolo]\nclasses=3\n")
+    code, stdout, _ = run_cli(capsys, "cfg", "--cfg", str(cfg), "--check")
+    assert code == 1
+    assert "unsupported by detkit (4 feature(s))" in stdout
+    for line, what in [(7, "xnor=1"), (10, "binary=1"), (11, "[crnn]"), (15, "[Gaussian_yolo]")]:
+        assert f"x.cfg:{line}: {what}" in stdout, (line, stdout)
+    assert "supported\n" not in stdout.split("feature(s)")[0]

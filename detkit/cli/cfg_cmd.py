@@ -16,8 +16,8 @@ def add_parser(subparsers) -> None:
                     "the [convolutional] before it to (N + 5) * len(mask), changing nothing else in the file "
                     "(line endings, comments and spacing are kept, so darknet can use the result). "
                     "With --check: validate the cfg and print a layer table with output shapes, parameters "
-                    "and BFLOPs.")
-    p.add_argument("--cfg", required=True, help="a darknet .cfg file or a builtin name (yolov3-tiny, yolov3, yolov4-tiny)")
+                    "and BFLOPs, then 'supported', or every unsupported feature with its line (exit 1).")
+    p.add_argument("--cfg", required=True, help="a darknet .cfg file or a builtin name (yolov3-tiny, yolov4-tiny, yolov7-tiny, ...)")
     count = p.add_mutually_exclusive_group()
     count.add_argument("--classes", type=int, default=None, metavar="N", help="number of classes to set")
     count.add_argument("--names", default=None, metavar="FILE",
@@ -49,10 +49,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.darknet.cfg import resolve_cfg
-    from detkit.darknet.specs import parse_network
+    from detkit.darknet.specs import parse_network, unsupported_features
     from detkit.darknet.cfg_edit import set_num_classes
 
     text, source = resolve_cfg(args.cfg)
+    if args.check:
+        problems = unsupported_features(text, source)
+        if problems:
+            print(f"{source}: unsupported by detkit ({len(problems)} feature(s)):")
+            for exc in problems:
+                print(f"  {exc}")
+            return 1
     num_classes = args.classes
     if args.names is not None:
         from detkit.data.datafiles import read_names
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         size = _parse_size(args.img_size) if args.img_size else (spec.net.width, spec.net.height)
         print(format_layer_table(spec, size))
+        print("supported")
     return 0
 
 
@@ -131,8 +139,11 @@ def _write_cfg(out: Path, text: str, source: str) -> None:
 
 def format_layer_table(spec, size: tuple[int, int]) -> str:
     """The ``--check`` table: one row per layer and the totals (darknet-style BFLOPs)."""
-    from detkit.darknet.spec_types import ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec
     from detkit.darknet.shapes import conv_flops, infer_shapes
+    from detkit.darknet.spec_types import (
+        ConvSpec, MaxPoolSpec, RegionSpec, ReorgSpec, RouteSpec, SamSpec, ScaleChannelsSpec, ShortcutSpec,
+        UpsampleSpec, YoloSpec,
+    )
 
     width, height = size
     shapes = infer_shapes(spec, (spec.net.channels, height, width))
@@ -147,14 +158,31 @@ def format_layer_table(spec, size: tuple[int, int]) -> str:
         kind = layer.type
         if isinstance(layer, ConvSpec):
             filters = str(layer.filters)
-            size_stride = f"{layer.size}x{layer.size}/{layer.stride}"
+            sy, sx = layer.strides
+            size_stride = f"{layer.size}x{layer.size}/{sy if sx == sy else f'{sx}x{sy}'}"
+            if layer.dilation > 1:
+                size_stride += f" d{layer.dilation}"
             n_weights = layer.filters * (prev[0] // layer.groups) * layer.size * layer.size
-            params = n_weights + (2 if layer.batch_normalize else 1) * layer.filters
+            if layer.share_index < 0:
+                params = n_weights + (2 if layer.batch_normalize else 1) * layer.filters
             flops = conv_flops(layer, prev[0], out[1], out[2]) / 1e9
             kind = f"conv {layer.activation}" + (" bn" if layer.batch_normalize else "")
+            if layer.groups > 1:
+                kind += f" g{layer.groups}"
+            if layer.share_index >= 0:
+                kind += f" shares {layer.share_index}"
         elif isinstance(layer, MaxPoolSpec):
-            size_stride = f"{layer.size}x{layer.size}/{layer.stride}"
+            sy, sx = layer.strides
+            size_stride = f"{layer.size}x{layer.size}/{sy if sx == sy else f'{sx}x{sy}'}"
+            kind = "local_avgpool" if layer.average else "maxpool"
             flops = layer.size * layer.size * out[0] * out[1] * out[2] / 1e9  # as AlexeyAB's darknet counts it
+        elif isinstance(layer, ReorgSpec):
+            size_stride = f"/{layer.stride}"
+        elif isinstance(layer, (SamSpec, ScaleChannelsSpec)):
+            kind = f"{layer.type} {layer.from_[0]}"
+        elif isinstance(layer, RegionSpec):
+            kind = f"region {layer.num} anchors" + (" softmax" if layer.softmax else "")
+            filters = f"{layer.classes} cls"
         elif isinstance(layer, UpsampleSpec):
             size_stride = f"x{layer.stride}"
         elif isinstance(layer, RouteSpec):
@@ -163,8 +191,11 @@ def format_layer_table(spec, size: tuple[int, int]) -> str:
                 kind += f" g{layer.group_id}/{layer.groups}"
         elif isinstance(layer, ShortcutSpec):
             kind = "shortcut " + ",".join(str(i) for i in layer.from_)
+            if layer.weights_type != "none":
+                kind += f" {layer.weights_type}/{layer.weights_normalization}"
+                params = (len(layer.from_) + 1) * (out[0] if layer.weights_type == "per_channel" else 1)
         elif isinstance(layer, YoloSpec):
-            kind = f"yolo mask {','.join(str(m) for m in layer.mask)}"
+            kind = f"yolo mask {','.join(str(m) for m in layer.mask)}" + (" new_coords" if layer.new_coords else "")
             filters = f"{layer.classes} cls"
         total_params += params
         total_flops += flops
@@ -176,7 +207,7 @@ def format_layer_table(spec, size: tuple[int, int]) -> str:
     lines = ["  ".join(cell.rjust(w) if i in (0, 2, 6, 7) else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     heads = spec.yolo_layers
-    lines.append(f"{len(spec.layers)} layers, {len(heads)} yolo heads, {spec.num_classes} classes, "
+    lines.append(f"{len(spec.layers)} layers, {len(heads)} detection heads, {spec.num_classes} classes, "
                  f"input {width}x{height}x{spec.net.channels}, {total_params:,} parameters, "
                  f"{total_flops:.3f} BFLOPs")
     return "\n".join(lines)

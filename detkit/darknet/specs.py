@@ -42,7 +42,7 @@ from detkit.errors import CfgError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SECTION_PARSERS", "build_specs", "parse_network", "load_network_spec"]
+__all__ = ["SECTION_PARSERS", "build_specs", "parse_network", "load_network_spec", "unsupported_features"]
 
 # sections darknet knows that detkit does not build
 OTHER_DARKNET_SECTIONS = (
@@ -436,6 +436,24 @@ def build_specs(sections: list[Section], text: str = "") -> NetworkSpec:
     spec = NetworkSpec(net=net, layers=tuple(layers), source=sections[0].source, text=text)
     infer_shapes(spec)
     return spec
+
+
+def unsupported_features(text: str, source: str | os.PathLike = "<cfg>") -> list[CfgError]:
+    """Every section or key of the cfg that detkit does not support, each as a :class:`CfgError`
+    naming its line (``detkit cfg --check``). Other errors (bad values, shapes) are not collected
+    here; :func:`parse_network` reports the first of those."""
+    found: list[CfgError] = []
+    for pos, section in enumerate(parse_cfg(text, source)[1:]):
+        parser = SECTION_PARSERS.get(LAYER_ALIASES.get(section.type, section.type))
+        if parser is None:
+            found.append(_unknown_section(section))
+            continue
+        try:
+            parser(section, pos)
+        except CfgError as exc:
+            if "not supported by detkit" in str(exc):
+                found.append(exc)
+    return found
 
 
 def parse_network(text: str, source: str | os.PathLike = "<cfg>") -> NetworkSpec:
