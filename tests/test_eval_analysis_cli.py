@@ -63,10 +63,13 @@ def test_per_image_and_report_with_images(tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["--per-image", "x.txt"], "must end in .csv or .jsonl"),
     (["--report", "rep", "--images", "no_such_dir"], "not a folder"),
+    (["--report", "afile"], "must be a folder"),
+    (["--per-image", "afile/x.csv"], "not a file path"),
 ])
 def test_bad_analysis_arguments_are_one_line_errors(tmp_path, capsys, args, msg):
     gt, dt = _write_coco(tmp_path)
-    args = [str(tmp_path / a) if a in ("x.txt", "rep", "no_such_dir") else a for a in args]
+    (tmp_path / "afile").write_text("")
+    args = [str(tmp_path / a) if a in ("x.txt", "rep", "no_such_dir", "afile", "afile/x.csv") else a for a in args]
     assert main(["eval", "--metric", "coco", "--gt", str(gt), "--pred", str(dt), *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("detkit: error: ") and err.count("\n") == 1 and msg in err

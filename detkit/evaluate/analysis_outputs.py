@@ -77,8 +77,16 @@ def run_analysis(run: EvalRun, request: AnalysisRequest) -> AnalysisOutputs:
     Raises:
         EvalError: a per-image path with another extension than .csv / .jsonl, a bad images folder.
     """
-    if request.per_image is not None and Path(request.per_image).suffix.lower() not in PER_IMAGE_FORMATS:
-        raise EvalError(f"--per-image {request.per_image}: must end in {' or '.join(PER_IMAGE_FORMATS)}")
+    if request.per_image is not None:
+        pi = Path(request.per_image)
+        if pi.suffix.lower() not in PER_IMAGE_FORMATS:
+            raise EvalError(f"--per-image {pi}: must end in {' or '.join(PER_IMAGE_FORMATS)}")
+        if pi.is_dir() or any(q.exists() and not q.is_dir() for q in pi.parents):
+            raise EvalError(f"--per-image {pi}: not a file path (a folder there, or a file in the way)")
+    if request.report_dir is not None:
+        rd = Path(request.report_dir)
+        if any(q.exists() and not q.is_dir() for q in (rd, *rd.parents)):
+            raise EvalError(f"--report {rd}: must be a folder (a file is in the way)")
     paths = image_paths(run, request.images_dir) if request.report_dir else {}
     an = analyze(run.report, run.gt, run.dt, run.class_names, plus_one=run.plus_one)
     per_image = an.per_image.write(request.per_image) if request.per_image is not None else None

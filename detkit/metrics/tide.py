@@ -42,9 +42,9 @@ import numpy as np
 
 from detkit.errors import EvalError
 from detkit.metrics.ap import ap_11_point, ap_all_point
-from detkit.metrics.coco import coco_pair_iou
 from detkit.metrics.matching import group_pairs, segment_starts
 from detkit.metrics.records import DetTable, GTTable
+from detkit.metrics.tide_match import greedy_match, pair_iou, seg_argmax
 
 ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 SPECIAL_TYPES = ("FalsePos", "FalseNeg")
@@ -96,74 +96,6 @@ class TideResult:
                 "counts": {k: int(v) for k, v in self.counts.items()},
                 "pos_thresh": self.pos_thresh, "bg_thresh": self.bg_thresh, "max_dets": self.max_dets,
                 "interpolation": self.interpolation, "units": "AP fraction (tidecv prints percent)"}
-
-
-def pair_iou(d_xywh: np.ndarray, g_xywh: np.ndarray, crowd: np.ndarray, plus_one: bool) -> np.ndarray:
-    """IoU of paired boxes as pycocotools ``bbIou`` (crowd: over the detection's area); with
-    ``plus_one`` the VOC +1 pixel widths (``w = x2 - x1 + 1``, boxes given as xywh of xyxy)."""
-    if not plus_one:
-        return coco_pair_iou(d_xywh, g_xywh, crowd)
-    dw, dh, gw, gh = d_xywh[:, 2] + 1, d_xywh[:, 3] + 1, g_xywh[:, 2] + 1, g_xywh[:, 3] + 1
-    w = np.minimum(d_xywh[:, 0] + dw, g_xywh[:, 0] + gw) - np.maximum(d_xywh[:, 0], g_xywh[:, 0])
-    h = np.minimum(d_xywh[:, 1] + dh, g_xywh[:, 1] + gh) - np.maximum(d_xywh[:, 1], g_xywh[:, 1])
-    i = w * h
-    u = np.where(crowd, dw * dh, dw * dh + gw * gh - i)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        o = i / u
-    return np.where((w > 0) & (h > 0), o, 0.0)
-
-
-def _seg_argmax(d: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per detection (pairs grouped by detection): max of ``v`` (0 where no pair) and the pair
-    position of its first occurrence (-1 where no pair)."""
-    best = np.zeros(n)
-    first = np.full(n, -1, np.int64)
-    if d.size == 0:
-        return best, first
-    st = segment_starts(d)
-    mx = np.maximum.reduceat(v, st)
-    ln = np.diff(np.append(st, d.size))
-    pos = np.where(v == np.repeat(mx, ln), np.arange(d.size), d.size)
-    fp = np.minimum.reduceat(pos, st)
-    ok = mx > 0
-    best[d[st[ok]]] = mx[ok]
-    first[d[st[ok]]] = fp[ok]
-    return best, first
-
-
-def _greedy_match(pd, pg, piou, group, rank, n_det, n_gt):
-    """tidecv's matching on candidate pairs (same class, IoU >= pos), grouped by detection:
-    detections in rank order within their group each take the free object of highest IoU (first
-    on ties). Runs in rounds: round r = the r-th candidate detection of every group."""
-    match = np.full(n_det, -1, np.int64)
-    used = np.zeros(n_gt, bool)
-    if pd.size == 0:
-        return match, used
-    st = segment_starts(pd)
-    cd = pd[st]  # candidate detections, ascending (group, rank) order
-    co = np.lexsort((rank[cd], group[cd]))
-    cd_sorted = cd[co]
-    gs = segment_starts(group[cd_sorted])
-    crank_sorted = np.arange(cd.size) - np.repeat(gs, np.diff(np.append(gs, cd.size)))
-    crank = np.zeros(n_det, np.int64)
-    crank[cd_sorted] = crank_sorted
-    rnd = crank[pd]
-    po = np.argsort(rnd, kind="stable")
-    pd, pg, piou, rnd = pd[po], pg[po], piou[po], rnd[po]
-    bounds = np.searchsorted(rnd, np.arange(int(rnd[-1]) + 2))
-    for r in range(bounds.size - 1):
-        s, e = bounds[r], bounds[r + 1]
-        d_r, g_r = pd[s:e], pg[s:e]
-        v = np.where(used[g_r], -1.0, piou[s:e])
-        sst = segment_starts(d_r)
-        mx = np.maximum.reduceat(v, sst)
-        ln = np.diff(np.append(sst, d_r.size))
-        pos = np.where(v == np.repeat(mx, ln), np.arange(d_r.size), d_r.size)
-        win = np.minimum.reduceat(pos, sst)
-        ok = mx >= 0
-        match[d_r[sst[ok]]] = g_r[win[ok]]
-        used[g_r[win[ok]]] = True
-    return match, used
 
 
 def _class_aps(cls, correct, ngt, present, interpolation) -> float:
@@ -249,7 +181,7 @@ def tide_errors(gt: GTTable, dt: DetTable, num_classes: int, pos_thresh: float =
     pi = np.concatenate(pi_l) if pi_l else np.zeros(0)
     same = kcls[pd] == gt.labels[pg]
     cand = same & (pi >= pos_thresh)
-    match, used = _greedy_match(pd[cand], pg[cand], pi[cand], kimg * C + kcls, kpos, K, N)
+    match, used = greedy_match(pd[cand], pg[cand], pi[cand], kimg * C + kcls, kpos, K, N)
     tp = match >= 0
     # --- ignore regions: unmatched detections inside a crowd/difficult object of their class
     ignored = np.zeros(K, bool)
@@ -261,12 +193,12 @@ def tide_errors(gt: GTTable, dt: DetTable, num_classes: int, pos_thresh: float =
             iou = pair_iou(dxy[kd[d]], gxy[gg], np.ones(d.size, bool), plus_one)
             ignored[d[iou > pos_thresh]] = True
     # --- error types of the unmatched detections
-    m_cls, f_cls = _seg_argmax(pd[same], pi[same], K)
+    m_cls, f_cls = seg_argmax(pd[same], pi[same], K)
     pd_s, pg_s = pd[same], pg[same]
-    m_non, f_non = _seg_argmax(pd[~same], pi[~same], K)
+    m_non, f_non = seg_argmax(pd[~same], pi[~same], K)
     pd_n, pg_n = pd[~same], pg[~same]
     us = same & used[pg]
-    m_used, _ = _seg_argmax(pd[us], pi[us], K)
+    m_used, _ = seg_argmax(pd[us], pi[us], K)
     m_any = np.maximum(m_cls, m_non)
     has_gt = np.bincount(gt.image_index[gsub], minlength=len(gt.image_ids)) > 0
     etype = np.zeros(K, np.int8)
