@@ -2,6 +2,7 @@
 and on the ../shared/evaldata COCO fixtures (same dAP per type within 1e-6 AP points)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -187,3 +188,23 @@ def test_same_as_tidecv_on_evaldata(gt_rel, dt_rel):
     dt, dt_voc, names = load_predictions(EVALDATA / dt_rel, gt)
     G, D, _ = prepare_tables(gt, dt, dt_voc, "coco")
     _close(tide_errors(G, D, len(names)), tidecv_numbers(g, p))
+
+
+def test_tidecv_tie_order_quirk_is_kept():
+    # an FP tied with a TP: the unfixed AP ranks the TP first (earlier image), every recomputed AP
+    # ranks error points first, so a fix that changes nothing scores lower: the FalseNeg oracle is
+    # negative although every object is matched, and Dupe (no duplicates) is clipped to 0
+    gts = [(0, 0, [0, 0, 10, 10]), (1, 0, [0, 0, 10, 10])]
+    dets = [(0, 0, .5, [0, 0, 10, 10]), (1, 0, .5, [200, 200, 10, 10]), (1, 0, .4, [0, 0, 10, 10])]
+    gt, dt = _tables(gts, dets, n_img=2)
+    r = tide_errors(gt, dt, 1)
+    base = (51 + 50 * 2 / 3) / 101  # T F T
+    requeued = 2 / 3  # F T T: P [0, .5, 2/3], envelope 2/3 at every recall point
+    assert r.ap == pytest.approx(base)
+    assert r.special["FalseNeg"] == pytest.approx(requeued - base) and requeued < base
+    assert r.counts["Miss"] == 0 and not r.gt_missed.any()
+    assert r.dap["Dupe"] == 0.0 and r.counts["Dupe"] == 0
+    assert r.dap["Bkg"] == pytest.approx(1 - base)
+    if importlib.util.find_spec("tidecv") is not None:
+        case = (2, 1, [(g[0], g[1], g[2], False) for g in gts], dets)
+        _close(r, run_tidecv(*case))
