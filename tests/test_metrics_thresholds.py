@@ -108,3 +108,25 @@ def test_per_image_counts_sum_to_the_totals(metric, seed, tmp_path):
     assert json.loads(lines[0])["image_id"] == rows[0]["image_id"] or str(json.loads(lines[0])["image_id"]) == rows[0]["image_id"]
     with pytest.raises(EvalError, match="must end in"):
         pi.write(tmp_path / "img.txt")
+
+
+@pytest.mark.parametrize("metric", ["voc", "coco"])
+@pytest.mark.parametrize("n_gt,n_det", [(2, 0), (0, 2), (0, 0), (1, 1)])
+def test_empty_sides_give_strict_json_and_a_report(tmp_path, metric, n_gt, n_det):
+    from detkit.evaluate.html_report import write_html_report
+    from detkit.metrics.records import DetTable, GTTable
+
+    def tables():
+        gt = GTTable(image_ids=("a", "b"), image_index=np.zeros(n_gt, np.int64), boxes=np.tile([[0., 0, 10, 10]], (n_gt, 1)),
+                     labels=np.zeros(n_gt, np.int64), difficult=np.zeros(n_gt, bool), iscrowd=np.zeros(n_gt, bool))
+        dt = DetTable(image_index=np.ones(n_det, np.int64), boxes=np.tile([[0., 0, 10, 10]], (n_det, 1)),
+                      scores=np.full(n_det, .5), labels=np.zeros(n_det, np.int64))
+        return gt, dt
+
+    gt, dt = tables()
+    rep = evaluate(gt, dt, ["x", "y"], metric=metric)
+    a = analyze(rep, gt, dt, ["x", "y"])
+    json.dumps(a.to_dict(), allow_nan=False)
+    assert a.errors.counts["Miss"] == (n_gt if n_det == 0 or n_gt == 1 else 0)
+    assert a.errors.counts["Bkg"] == n_det  # detections in the image without objects
+    assert write_html_report(tmp_path, rep, a, gt, dt, ["x", "y"]).size_bytes > 0
