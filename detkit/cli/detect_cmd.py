@@ -18,8 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg", default=None,
                    help="darknet .cfg file (or a builtin name, e.g. yolov3-tiny); not needed for an .onnx model")
     p.add_argument("--weights", required=True,
-                   help="darknet .weights file, or an .onnx model from detkit export (run by onnxruntime; "
-                        "float32 or int8)")
+                   help="darknet .weights file, an .onnx model or an OpenVINO IR .xml from detkit export "
+                        "(float32 or int8)")
     p.add_argument("--names", required=True, help="class names file, one per line (sets the class count)")
     p.add_argument("--source", required=True,
                    help="an image, a folder of images (searched recursively), a .txt list of image paths "
@@ -41,9 +41,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-txt", action="store_true",
                    help="also write YOLO-format predictions, OUT/labels/<image stem>.txt, lines "
                         "'class cx cy w h score' normalised to [0, 1] (read by detkit eval --pred OUT/labels)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="inference engine: auto = OpenVINO on the CPU when installed (cfg + weights are "
+                        "converted once and cached), onnxruntime for .onnx without it, PyTorch on CUDA "
+                        "(default auto; the first output line names the one used)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="fast path compute type: auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), "
-                        "fp16 on CUDA, else fp32 (default auto)")
+                   help="compute type: auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), "
+                        "fp16 on CUDA (torch), else fp32 (default auto); an int8 file runs int8")
     p.add_argument("--no-fast", action="store_true",
                    help="run the plain float32 model (no BN folding, no reduced precision): the reference path")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast model (slow start)")
@@ -60,5 +64,6 @@ def run(args: argparse.Namespace) -> int:
                          conf=args.conf, nms=args.nms, img_size=args.img_size, resize=args.resize, batch=args.batch,
                          device=args.device, classes=args.classes, no_images=args.no_images,
                          save_txt=args.save_txt, precision=args.precision, fast=not args.no_fast,
-                         compile=args.compile, quiet=quiet, progress=sys.stderr.isatty())
+                         compile=args.compile, quiet=quiet, progress=sys.stderr.isatty(),
+                         backend=args.backend)
     return run_detect(opts)

@@ -22,8 +22,9 @@ from detkit.data.datafiles import read_names, write_text_atomic
 from detkit.fileio import write_bytes_atomic
 from detkit.errors import DataError, ImageError, WeightsError
 from detkit.infer.draw import draw_detections
-from detkit.infer.loading import load_model, load_onnx_model
-from detkit.infer.onnxrt import META_RESIZE, is_onnx_file
+from detkit.infer.backends import choose_backend, cpu_features, weights_kind
+from detkit.infer.loading import load_darknet_openvino, load_model, load_onnx_model, load_openvino_model
+from detkit.infer.onnxrt import META_RESIZE
 from detkit.infer.predict import Predictor, parse_img_size, resolve_device
 from detkit.infer.sources import collect_sources, is_video
 from detkit.infer.writers import (detection_entries, detection_table, entries_json, label_stem, open_video_writer,
@@ -60,6 +61,7 @@ class DetectOptions:
     compile: bool = False
     quiet: bool = False
     progress: bool = False
+    backend: str = "auto"
 
 
 def _print_err(text: str) -> None:
@@ -100,7 +102,8 @@ def run_detect(opts: DetectOptions, echo: Callable[[str], None] = print,
         raise DataError(f"--out is a folder holding input {'videos' if video else 'images'}; annotated "
                         "output would overwrite them (choose another --out, or --no-images)", path=out_dir)
 
-    model = load_detect_model(opts, weights, names)
+    model, backend_line = load_detect_model(opts, weights, names, device.type, img_size)
+    echo(backend_line)
     try:
         predictor = Predictor(model, img_size=img_size, conf=opts.conf, nms=opts.nms,
                               letterbox=not opts.resize, device=device, fast=opts.fast,
@@ -116,27 +119,55 @@ def run_detect(opts: DetectOptions, echo: Callable[[str], None] = print,
     return _detect_images(opts, predictor, names, sources, out_dir, progress, echo, echo_err)
 
 
-def load_detect_model(opts: DetectOptions, weights: Path, names: list[str]):
-    """The model to run: an ``.onnx`` file through onnxruntime, else cfg + darknet weights."""
-    if is_onnx_file(weights):
+def load_detect_model(opts: DetectOptions, weights: Path, names: list[str], device: str = "cpu",
+                      img_size: tuple[int, int] | None = None):
+    """The model to run and detect's first line naming the backend: ``--backend`` resolved by
+    :func:`~detkit.infer.backends.choose_backend` for the kind of ``--weights`` (cfg + darknet
+    weights, ``.onnx``, OpenVINO ``.xml``)."""
+    kind = weights_kind(weights)
+    choice = choose_backend(opts.backend, kind, device)
+    if kind != "darknet":
         if opts.cfg:
-            log.info("--cfg is not used with an .onnx model (the file holds the network)")
-        if not opts.fast or opts.precision != "auto":
-            log.warning("--no-fast/--precision do not apply to an .onnx model (it runs as exported)")
+            log.info("--cfg is not used with an exported model (the file holds the network)")
         if opts.compile:
-            raise DataError("--compile applies to the PyTorch fast path, not to an .onnx model")
+            raise DataError("--compile applies to the PyTorch fast path, not to an exported model")
+    if choice.backend == "torch":
+        if not opts.cfg:
+            raise DataError("--cfg is required (unless --weights is an .onnx or .xml model)")
+        model, _ = load_model(opts.cfg, weights, len(names), checkpoints=False, purpose="detection",
+                              names_file=opts.names, classes_hint="use the names file the weights were trained with")
+        what = "PyTorch fast path" if opts.fast else "PyTorch eager float32 (--no-fast)"
+        return model, f"backend: torch ({what}; {choice.reason})"
+    if choice.backend == "onnxruntime":
+        if not opts.fast or opts.precision != "auto":
+            log.warning("--no-fast/--precision do not apply to onnxruntime (the file runs as exported)")
         model = load_onnx_model(weights, len(names), names_file=opts.names)
-        calibrated = model.metadata.get(META_RESIZE)
-        running = "resize" if opts.resize else "letterbox"
-        if calibrated and calibrated != running:
-            log.warning("%s was calibrated on %s inputs but detect runs %s (%s --resize to match)", weights,
-                        calibrated, running, "drop" if opts.resize else "add")
-        return model
-    if not opts.cfg:
-        raise DataError("--cfg is required (unless --weights is an .onnx model)")
-    model, _ = load_model(opts.cfg, weights, len(names), checkpoints=False, purpose="detection",
-                          names_file=opts.names, classes_hint="use the names file the weights were trained with")
-    return model
+    else:
+        precision = _openvino_precision(opts)
+        if kind == "darknet":
+            if not opts.cfg:
+                raise DataError("--cfg is required (unless --weights is an .onnx or .xml model)")
+            model, _ = load_darknet_openvino(opts.cfg, weights, len(names), img_size, precision=precision,
+                                             names_file=opts.names,
+                                             classes_hint="use the names file the weights were trained with")
+        else:
+            model = load_openvino_model(weights, len(names), precision=precision, names_file=opts.names)
+    calibrated = model.metadata.get(META_RESIZE)
+    running = "resize" if opts.resize else "letterbox"
+    if calibrated and calibrated != running:
+        log.warning("%s was calibrated on %s inputs but detect runs %s (%s --resize to match)", weights,
+                    calibrated, running, "drop" if opts.resize else "add")
+    info = model.fast_info
+    return model, (f"backend: {info.runtime.split()[0]} ({info.precision}, {info.threads} threads; {choice.reason}; "
+                   f"{cpu_features().describe()})")
+
+
+def _openvino_precision(opts: DetectOptions) -> str:
+    if not opts.fast:
+        return "fp32"
+    if opts.precision == "fp16":
+        raise DataError("--precision fp16 is for CUDA; OpenVINO on the CPU runs auto, fp32 or bf16")
+    return opts.precision
 
 
 def _detect_images(opts: DetectOptions, predictor: Predictor, names: list[str], sources: list[Path], out_dir: Path,

@@ -142,6 +142,15 @@ def _load_darknet(model: DarknetModel, w: Path, cfg: str | os.PathLike, strict: 
     return LoadedWeights(w, "darknet", (), fresh, report.partial, report)
 
 
+def check_class_count(model, weights: str | os.PathLike, num_classes: int | None, what: str,
+                      classes_from: str = "the model", names_file: str | os.PathLike | None = None) -> None:
+    """An exported model's class count against the names file / dataset (one-line WeightsError)."""
+    if num_classes is not None and model.num_classes != num_classes:
+        has = (f"the names file {names_file} has {num_classes} names" if names_file is not None
+               else f"{classes_from} has {num_classes}")
+        raise WeightsError(f"the {what} gives {model.num_classes} classes but {has}", path=weights)
+
+
 def load_onnx_model(weights: str | os.PathLike, num_classes: int | None = None, *,
                     classes_from: str = "the model", names_file: str | os.PathLike | None = None):
     """An exported ``.onnx`` detector run by onnxruntime (:class:`~detkit.infer.onnxrt.OnnxModel`),
@@ -153,9 +162,57 @@ def load_onnx_model(weights: str | os.PathLike, num_classes: int | None = None, 
     from detkit.infer.onnxrt import OnnxModel
 
     model = OnnxModel(weights)
-    if num_classes is not None and model.num_classes != num_classes:
-        has = (f"the names file {names_file} has {num_classes} names" if names_file is not None
-               else f"{classes_from} has {num_classes}")
-        raise WeightsError(f"the ONNX model gives {model.num_classes} classes but {has}", path=weights)
+    check_class_count(model, weights, num_classes, "ONNX model", classes_from, names_file)
     log.info("%s: %s", weights, model.fast_info.describe())
     return model
+
+
+def load_openvino_model(weights: str | os.PathLike, num_classes: int | None = None, *, precision: str = "auto",
+                        classes_from: str = "the model", names_file: str | os.PathLike | None = None):
+    """An exported IR ``.xml`` (or ``.onnx``) detector run by OpenVINO
+    (:class:`~detkit.infer.openvino_model.OpenVinoModel`), its class count checked.
+
+    Raises:
+        WeightsError: missing ``.xml``/``.bin``, unloadable file, not a detkit detector, or a class
+            count mismatch.
+    """
+    from detkit.infer.openvino_model import OpenVinoModel
+
+    model = OpenVinoModel(weights, precision=precision)
+    check_class_count(model, weights, num_classes, "OpenVINO model", classes_from, names_file)
+    log.info("%s: %s", weights, model.fast_info.describe())
+    return model
+
+
+def load_darknet_openvino(cfg: str | os.PathLike, weights: str | os.PathLike, num_classes: int,
+                          img_size: tuple[int, int] | None = None, *, precision: str = "auto",
+                          names_file: str | os.PathLike | None = None, classes_hint: str = ""):
+    """A cfg + darknet ``.weights`` run by OpenVINO: the float32 IR is converted once and cached
+    (:func:`~detkit.infer.openvino_export.cached_ir`), so later runs neither build the PyTorch model
+    nor convert it. ``img_size`` (W, H) defaults to the cfg's ``[net]`` size. Returns
+    ``(model, cached)``.
+
+    Raises:
+        WeightsError / CfgError: as :func:`load_model` (checked on the first conversion).
+    """
+    from detkit.darknet.cfg import resolve_cfg
+    from detkit.darknet.specs import parse_network
+    from detkit.infer.openvino_export import cached_ir, ir_cache_key
+    from detkit.infer.openvino_model import OpenVinoModel
+
+    w = Path(weights)
+    if not w.is_file():
+        raise WeightsError("weights file not found", path=w)
+    text, source = resolve_cfg(cfg)
+    spec = parse_network(text, source)
+    size = img_size or (int(spec.net.width), int(spec.net.height))
+
+    def build():
+        model, _ = load_model(cfg, w, num_classes, checkpoints=False, purpose="detection", names_file=names_file,
+                              classes_hint=classes_hint)
+        return model.eval()
+
+    path, cached = cached_ir(ir_cache_key(text, w, num_classes, size), build, size)
+    model = OpenVinoModel(path, precision=precision)
+    log.info("%s: %s (%s %s)", w, model.fast_info.describe(), "cached IR" if cached else "converted to IR", path)
+    return model, cached

@@ -98,6 +98,20 @@ def nodes_to_keep_float(node_names: Sequence[str], fp32_layers: Sequence[int]) -
     return out
 
 
+def calibration_tensor(path: str | os.PathLike, img_size: tuple[int, int], letterbox: bool = True) -> np.ndarray:
+    """One calibration image prepared exactly as ``detkit detect`` prepares its input: (1, 3, H, W)
+    float32 in [0, 1] (letterbox, or darknet's stretch for ``--resize``). Raises ImageError."""
+    from detkit.data.images import letterbox as letterbox_image
+    from detkit.data.images import read_image, resize_darknet
+
+    img = read_image(path)
+    if letterbox:
+        net = letterbox_image(img, img_size)[0].astype(np.float32) / 255.0
+    else:
+        net = resize_darknet(img, img_size)
+    return np.ascontiguousarray(net.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
 class _Calibration:
     """onnxruntime CalibrationDataReader over image files, prepared like ``detkit detect``."""
 
@@ -109,22 +123,12 @@ class _Calibration:
         self.used = 0
         self.skipped: list[str] = []
 
-    def _tensor(self, path: Path) -> np.ndarray:
-        from detkit.data.images import letterbox, read_image, resize_darknet
-
-        img = read_image(path)
-        if self.letterbox:
-            net = letterbox(img, self.img_size)[0].astype(np.float32) / 255.0
-        else:
-            net = resize_darknet(img, self.img_size)
-        return np.ascontiguousarray(net.transpose(2, 0, 1)[None], dtype=np.float32)
-
     def get_next(self) -> dict[str, np.ndarray] | None:
         while self.index < len(self.paths):
             path = self.paths[self.index]
             self.index += 1
             try:
-                x = self._tensor(path)
+                x = calibration_tensor(path, self.img_size, self.letterbox)
             except ImageError as exc:
                 self.skipped.append(str(exc))
                 log.warning("calibration: skipped %s", exc)
