@@ -208,3 +208,43 @@ def test_tidecv_tie_order_quirk_is_kept():
     if importlib.util.find_spec("tidecv") is not None:
         case = (2, 1, [(g[0], g[1], g[2], False) for g in gts], dets)
         _close(r, run_tidecv(*case))
+
+
+def _read_txt_case(gt_dir: Path, dt_dir: Path, xywh: bool):
+    """Per-image txt fixtures (``class [difficult] box`` / ``class conf box``) as a generic case;
+    difficult objects become ignore regions on both sides."""
+    names: dict = {}
+    stems = sorted(p.stem for p in gt_dir.glob("*.txt"))
+    gts, dets = [], []
+
+    def box(v):
+        v = [float(x) for x in v]
+        return v if xywh else [v[0], v[1], v[2] - v[0], v[3] - v[1]]
+
+    for i, stem in enumerate(stems):
+        for ln in (gt_dir / f"{stem}.txt").read_text().split("\n"):
+            t = ln.split()
+            if t:
+                diff = t[-1] == "difficult"
+                gts.append((i, names.setdefault(t[0], len(names)), box(t[1:5]), diff))
+        f = dt_dir / f"{stem}.txt"
+        for ln in (f.read_text().split("\n") if f.exists() else []):
+            t = ln.split()
+            if t:
+                dets.append((i, names.setdefault(t[0], len(names)), float(t[1]), box(t[2:6])))
+    return len(stems), len(names), gts, dets
+
+
+TXT_FIXTURES = [("Cartucho_mAP/input/ground-truth", "Cartucho_mAP/input/detection-results", False),
+                ("Object-Detection-Metrics/groundtruths", "Object-Detection-Metrics/detections", True)]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("gt_rel,dt_rel,xywh", TXT_FIXTURES, ids=["cartucho", "object-detection-metrics"])
+def test_same_as_tidecv_on_evaldata_txt(gt_rel, dt_rel, xywh):
+    if not EVALDATA.is_dir():
+        pytest.skip("../shared/evaldata is absent")
+    pytest.importorskip("tidecv", reason="tidecv (test-only dependency) is not installed")
+    case = _read_txt_case(EVALDATA / gt_rel, EVALDATA / dt_rel, xywh)
+    gt, dt = case_tables(*case)
+    _close(tide_errors(gt, dt, case[1]), run_tidecv(*case))
