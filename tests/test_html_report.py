@@ -113,6 +113,21 @@ def test_report_in_a_real_browser(tmp_path):
     assert dom.count("<tr>") > 5 and 'id="class-table"' in dom
     assert dom.count("<image ") == rf.thumbnails > 0 and dom.count("<polyline") >= 4
     assert _console(res.stderr) == []
+    # the page's controls work: sort the table by GT (twice: descending), switch the class curves
+    probe = tmp_path / "probe.html"
+    probe.write_text(rf.path.read_text(encoding="utf-8").replace("</body>", """<script>
+function col(){return Array.prototype.map.call(document.querySelectorAll('#class-table tbody tr'),
+ function(r){return r.cells[1].textContent;}).join(',');}
+var th=document.querySelectorAll('#class-table th')[1]; th.click(); var up=col(); th.click(); var v=[up, col()];
+var sel=document.getElementById('cls-select'); sel.value='2'; sel.dispatchEvent(new Event('change'));
+var shown=Array.prototype.filter.call(document.querySelectorAll('.cls-curves'),function(d){return d.style.display!=='none';});
+document.body.setAttribute('data-probe', v.join('/')+'|'+shown.map(function(d){return d.getAttribute('data-k');}).join(','));
+</script></body>"""), encoding="utf-8")
+    res = _open(browser, probe, tmp_path, ["--dump-dom"])
+    assert _console(res.stderr) == []
+    gts, shown = re.search(r'data-probe="([^"]*)"', res.stdout).group(1).split("|")
+    up, down = ([int(x) for x in part.split(",")] for part in gts.split("/"))
+    assert up == sorted(up) and down == sorted(up, reverse=True) and up != down and shown == "2"
     png = tmp_path / "shot.png"
     shot = _open(browser, rf.path, tmp_path, [f"--screenshot={png}", "--window-size=1280,1600", "--hide-scrollbars"])
     assert shot.returncode == 0 and png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
