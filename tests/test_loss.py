@@ -5,7 +5,9 @@ import math
 
 import pytest
 import torch
+import torchvision
 
+from detkit.yolo.decode import decode_head
 from detkit.yolo.loss import HeadParams, LossConfig, YoloLoss
 from detkit.yolo.targets import assign_targets
 
@@ -209,3 +211,85 @@ def test_truth_thresh_makes_close_predictions_objects():
 def test_bad_box_loss_name():
     with pytest.raises(ValueError, match="box_loss"):
         LossConfig(box_loss="l2")
+
+
+def _new_coords_model(objectness_smooth: int = 0, iou_loss: str = "ciou"):
+    import detkit
+
+    cfg = ("[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=21\nsize=1\nactivation=logistic\n"
+           f"[yolo]\nmask=0,1,2\nanchors=8,8, 16,16, 32,32\nclasses=2\nnum=3\nnew_coords=1\nscale_x_y=2.0\n"
+           f"iou_normalizer=0.05\nobj_normalizer=0.7\ncls_normalizer=0.5\niou_loss={iou_loss}\n"
+           f"objectness_smooth={objectness_smooth}\nignore_thresh=0.7\niou_thresh=0.2\n")
+    return detkit.build_model(cfg)
+
+
+def test_new_coords_gradients_are_darknets_deltas():
+    """d loss / d p = -(darknet delta) / batch on the probabilities (yolo_layer.c forward_yolo_layer:
+    obj delta obj_normalizer * (t - p), class delta (t - p) without cls_normalizer)."""
+    model = _new_coords_model()
+    loss_fn = YoloLoss.from_model(model)
+    head = loss_fn.heads[0]
+    assert (head.new_coords, head.iou_loss, head.iou_normalizer, head.obj_normalizer) == (True, "ciou", 0.05, 0.7)
+    assert loss_fn.config.anchor_iou_thresh == 0.2  # the cfg's iou_thresh
+    g = torch.Generator().manual_seed(0)
+    p = (torch.rand(2, 3, 8, 8, 7, generator=g) * 0.8 + 0.1).requires_grad_(True)
+    targets = torch.tensor([[0, 1, 0.30, 0.40, 0.20, 0.25], [1, 0, 0.70, 0.60, 0.40, 0.30]])
+    total, parts = loss_fn([p], targets, (64, 64))
+    total.backward()
+    pd = p.detach()
+    assigned = assign_targets(targets, loss_fn.geometry([p], (64, 64)), loss_fn.all_anchors, (64, 64), 0.2)[0]
+    pos = set(zip(assigned.b.tolist(), assigned.a.tolist(), assigned.gy.tolist(), assigned.gx.tolist()))
+    decoded = decode_head(p.detach(), head.anchors, (8.0, 8.0), 2.0, new_coords=True).reshape(2, 3, 8, 8, 7)
+    from detkit.boxes import cxcywh_to_xyxy
+    gt = cxcywh_to_xyxy(targets[:, 2:] * 64)
+    for b in range(2):
+        for a in range(3):
+            for y in range(8):
+                for x in range(8):
+                    prob = float(pd[b, a, y, x, 4])
+                    grad = float(p.grad[b, a, y, x, 4])
+                    if (b, a, y, x) in pos:
+                        want = -0.7 * (1 - prob) / 2
+                        t_cls = [0.0, 0.0]
+                        t_cls[int(targets[[i for i in range(2) if targets[i, 0] == b][0], 1])] = 1.0
+                        for c in range(2):
+                            assert float(p.grad[b, a, y, x, 5 + c]) == pytest.approx(
+                                -(t_cls[c] - float(pd[b, a, y, x, 5 + c])) / 2, abs=1e-6)
+                    else:
+                        box = cxcywh_to_xyxy(decoded[b, a, y, x, :4].unsqueeze(0))
+                        iou = float(torchvision.ops.box_iou(box, gt[targets[:, 0] == b]).max())
+                        want = 0.0 if iou > 0.7 else -0.7 * (0 - prob) / 2
+                        assert float(p.grad[b, a, y, x, 5:].abs().max()) == 0.0
+                    assert grad == pytest.approx(want, abs=1e-6)
+    assert parts["box"] > 0 and parts["cls"] > 0
+
+
+def test_new_coords_box_term_is_iou_normalizer_times_ciou():
+    model = _new_coords_model()
+    loss_fn = YoloLoss.from_model(model)
+    p = torch.full((1, 3, 8, 8, 7), 0.5, requires_grad=True)
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.25, 0.25]])
+    _, parts = loss_fn([p], targets, (64, 64))
+    assigned = assign_targets(targets, loss_fn.geometry([p], (64, 64)), loss_fn.all_anchors, (64, 64), 0.2)[0]
+    decoded = decode_head(p.detach(), loss_fn.heads[0].anchors, (8.0, 8.0), 2.0, new_coords=True).reshape(1, 3, 8, 8, 7)
+    from detkit.boxes import cxcywh_to_xyxy
+    want = 0.0
+    for a, y, x in zip(assigned.a.tolist(), assigned.gy.tolist(), assigned.gx.tolist()):
+        pred = cxcywh_to_xyxy(decoded[0, a, y, x, :4].unsqueeze(0))
+        want += 0.05 * float(torchvision.ops.complete_box_iou_loss(pred, cxcywh_to_xyxy(targets[:, 2:] * 64)))
+    assert float(parts["box"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_objectness_smooth_targets_the_iou():
+    model = _new_coords_model(objectness_smooth=1)
+    loss_fn = YoloLoss.from_model(model)
+    assert loss_fn.heads[0].objectness_smooth
+
+
+def test_region_heads_refuse_training():
+    import detkit
+    from detkit.errors import TrainError
+
+    model = detkit.build_model("yolov2-tiny")
+    with pytest.raises(TrainError, match=r"\[region\] head .* not supported"):
+        YoloLoss.from_model(model)

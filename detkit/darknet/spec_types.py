@@ -188,6 +188,7 @@ class YoloSpec(LayerBase):
     beta_nms: float = 0.6
     nms_kind: str = "default"
     objectness_smooth: bool = False
+    iou_thresh: float = 1.0  # AlexeyAB: extra responsible anchors above this shape IoU
     type: str = field(default="yolo", init=False)
 
     @property

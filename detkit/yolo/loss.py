@@ -15,17 +15,37 @@ Behaviour follows darknet's ``forward_yolo_layer`` (its deltas are the gradients
 Anchors, masks, thresholds and ``scale_x_y`` come from each head of the model; strides are measured
 from the feature maps. Class weights (an opt-in remedy for rare classes) multiply every term of a
 positive (box, objectness, class) by the weight of its class.
+
+Heads with ``new_coords=1`` (scaled-YOLOv4, YOLOv7) follow darknet's definition for them: the conv
+before the head already applied the logistic, so the raw outputs ``p`` are probabilities and darknet's
+deltas ``t - p`` act on them, i.e. the terms are squared errors on probabilities (the logistic's
+derivative comes from the conv's backward pass):
+
+* objectness: ``obj_normalizer * 0.5 * (t - p)^2``; negatives ``t = 0``; a prediction whose best IoU
+  with a ground truth exceeds ``ignore_thresh`` gets no loss, or with ``objectness_smooth=1`` the
+  target ``t = IoU``; positives ``t = 1``;
+* classes (positives): ``0.5 * sum (t_c - p_c)^2`` (darknet applies ``cls_normalizer`` only together
+  with ``counters_per_class``, so plain cfgs use 1);
+* box (positives): ``iou_normalizer * (1 - IoU-family)`` with the cfg's ``iou_loss`` (iou, giou, diou,
+  ciou) on the decoded box ``x = (p_x * s - (s - 1)/2 + col) * stride``, ``w = 4 p_w^2 anchor_w``; with
+  ``iou_loss=mse``: ``iou_normalizer * 0.5 * (2 - w*h) * (t - p)^2`` against darknet's targets
+  ``t_xy = cell offset``, ``t_wh = sqrt(w / (4 anchor_w))``. (darknet feeds the IoU gradient of the box
+  corners to ``p`` without the chain-rule factors of ``w = 4 p^2 a``; the loss here is differentiated
+  exactly.)
+
+``[region]`` (YOLOv2) heads have no training loss in detkit: :meth:`YoloLoss.from_model` refuses them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 from detkit.boxes import cxcywh_to_xyxy
+from detkit.errors import TrainError
 from detkit.yolo.decode import decode_head
 from detkit.yolo.targets import HeadGeometry, HeadTargets, assign_targets
 
@@ -71,6 +91,11 @@ class HeadParams:
     ignore_thresh: float
     truth_thresh: float
     scale_x_y: float
+    new_coords: bool = False
+    iou_loss: str = "mse"
+    iou_normalizer: float = 0.75
+    obj_normalizer: float = 1.0
+    objectness_smooth: bool = False
 
 
 def batched_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -134,14 +159,28 @@ class YoloLoss:
         """Read anchors, masks and thresholds from ``model.yolo_layers`` (an unwrapped DarknetModel)."""
         heads = []
         for layer in model.yolo_layers:
+            if getattr(layer, "kind", "yolo") != "yolo":
+                raise TrainError(f"training a [{layer.kind}] head (cfg line {layer.spec.line}) is not supported by "
+                                 "detkit: YOLOv2 [region] loss is not implemented; use a [yolo] cfg "
+                                 "(e.g. yolov3-tiny, yolov4-tiny, yolov7-tiny)")
+            spec = getattr(layer, "spec", None)
             heads.append(HeadParams(
                 mask=torch.as_tensor(layer.mask, dtype=torch.long).reshape(-1),
                 anchors=torch.as_tensor(layer.anchors, dtype=torch.float32).detach().cpu().reshape(-1, 2),
                 ignore_thresh=float(layer.ignore_thresh),
                 truth_thresh=float(layer.truth_thresh),
                 scale_x_y=float(layer.scale_x_y),
+                new_coords=bool(getattr(layer, "new_coords", False)),
+                iou_loss=str(getattr(spec, "iou_loss", "mse")),
+                iou_normalizer=float(getattr(spec, "iou_normalizer", 0.75)),
+                obj_normalizer=float(getattr(spec, "obj_normalizer", 1.0)),
+                objectness_smooth=bool(getattr(spec, "objectness_smooth", False)),
             ))
         all_anchors = torch.as_tensor(model.yolo_layers[0].all_anchors, dtype=torch.float32).detach().cpu()
+        thresholds = {float(getattr(getattr(layer, "spec", None), "iou_thresh", 1.0)) for layer in model.yolo_layers}
+        if config.anchor_iou_thresh is None and len(thresholds) == 1 and min(thresholds) < 1.0:
+            # the cfg's [yolo] iou_thresh= (yolov7: 0.2): darknet makes every anchor above it responsible
+            config = replace(config, anchor_iou_thresh=min(thresholds))
         return cls(heads, all_anchors, int(model.num_classes), config)
 
     def geometry(self, outputs: Sequence[torch.Tensor], input_wh: tuple[int, int]) -> list[HeadGeometry]:
@@ -187,6 +226,10 @@ class YoloLoss:
         zero = raws[0].sum() * 0.0  # keeps the graph connected when there is nothing to learn
         box_loss, obj_loss, cls_loss = zero, zero, zero
         for head, raw, tgt in zip(self.heads, raws, assigned):
+            if head.new_coords:
+                b, o, c = self._new_coords_head(raw, head, tgt, gt_xyxy, input_wh, cw)
+                box_loss, obj_loss, cls_loss = box_loss + b, obj_loss + o, cls_loss + c
+                continue
             _, a, h, w, _ = raw.shape
             stride = (in_w / w, in_h / h)
             decoded = decode_head(raw, head.anchors.to(device), stride, head.scale_x_y)
@@ -218,6 +261,65 @@ class YoloLoss:
         cls_loss = cls_loss * (cfg.cls_weight / n)
         total = box_loss + obj_loss + cls_loss
         return total, {"box": box_loss.detach(), "obj": obj_loss.detach(), "cls": cls_loss.detach()}
+
+    def _new_coords_head(self, raw: torch.Tensor, head: HeadParams, tgt: HeadTargets, gt_xyxy: torch.Tensor,
+                         input_wh: tuple[int, int], cw: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(box, obj, cls) sums of one ``new_coords`` head (module docstring); ``raw`` holds probabilities."""
+        n, a, h, w, _ = raw.shape
+        device = raw.device
+        stride = (input_wh[0] / w, input_wh[1] / h)
+        decoded = decode_head(raw, head.anchors.to(device), stride, head.scale_x_y, new_coords=True)
+        pbox = decoded[..., :4].reshape(n, a, h, w, 4)
+        p_obj = raw[..., 4]  # (N, A, H, W) probability
+        obj_t = torch.zeros_like(p_obj)
+        obj_w = torch.full_like(p_obj, head.obj_normalizer)
+        if gt_xyxy.shape[1] > 0:
+            with torch.no_grad():
+                ious = batched_iou(cxcywh_to_xyxy(pbox.detach().reshape(n, -1, 4)), gt_xyxy)
+                best = ious.max(dim=2).values.reshape(n, a, h, w)
+            above = best > head.ignore_thresh
+            if head.objectness_smooth:  # darknet: delta = obj_normalizer * (best_iou - p)
+                obj_t[above] = best[above]
+            else:
+                obj_w[above] = 0.0
+        box = cls = raw.sum() * 0.0
+        if tgt.count:
+            pos_w = cw[tgt.cls] if cw is not None else torch.ones(tgt.count, device=device)
+            idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
+            obj_t[idx] = 1.0
+            obj_w[idx] = head.obj_normalizer * pos_w
+            box = (self._new_coords_box(raw, pbox, tgt, head, input_wh) * pos_w).sum()
+            cls_t = F.one_hot(tgt.cls, self.num_classes).to(torch.float32)
+            cls = ((0.5 * (cls_t - raw[idx][:, 5:]).square()).sum(dim=1) * pos_w).sum()
+        obj = (0.5 * obj_w * (obj_t - p_obj).square()).sum()
+        return box, obj, cls
+
+    @staticmethod
+    def _new_coords_box(raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets, head: HeadParams,
+                        input_wh: tuple[int, int]) -> torch.Tensor:
+        """(M,) box term of each positive of a ``new_coords`` head."""
+        idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
+        if head.iou_loss == "mse":
+            scale = 2.0 - (tgt.box[:, 2] / input_wh[0]) * (tgt.box[:, 3] / input_wh[1])
+            t_wh = torch.sqrt(tgt.box[:, 2:4] / (4.0 * tgt.anchor_wh))
+            t = torch.cat([tgt.cell_xy, t_wh], dim=1)  # darknet's new_coords mse targets
+            return head.iou_normalizer * 0.5 * scale * (t - raw[idx][:, 0:4]).square().sum(dim=1)
+        p_xyxy = cxcywh_to_xyxy(pbox[idx])
+        t_xyxy = cxcywh_to_xyxy(tgt.box)
+        if head.iou_loss == "giou":
+            term = generalized_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
+        elif head.iou_loss == "diou":
+            term = distance_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
+        elif head.iou_loss == "ciou":
+            term = complete_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
+        else:  # iou
+            lt = torch.max(p_xyxy[:, :2], t_xyxy[:, :2])
+            rb = torch.min(p_xyxy[:, 2:], t_xyxy[:, 2:])
+            inter = (rb - lt).clamp_min(0).prod(dim=1)
+            union = (p_xyxy[:, 2:] - p_xyxy[:, :2]).prod(dim=1) + (t_xyxy[:, 2:] - t_xyxy[:, :2]).prod(dim=1) - inter
+            term = 1.0 - inter / union.clamp_min(1e-9)
+        return head.iou_normalizer * term
 
     def _box_term(self, raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets,
                   stride: tuple[float, float], head: HeadParams, input_wh: tuple[int, int]) -> torch.Tensor:
