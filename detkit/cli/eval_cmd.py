@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
     m = p.add_argument_group("model-driven evaluation")
     m.add_argument("--cfg", metavar="CFG", help="darknet .cfg of the model to run")
     m.add_argument("--weights", metavar="W",
-                   help="darknet .weights, a detkit checkpoint, or an .onnx model from detkit export (float32/int8)")
+                   help="darknet .weights, a detkit checkpoint, or an .onnx / OpenVINO .xml model from detkit export "
+                        "(float32/int8)")
     m.add_argument("--data", metavar="DATA", help="obj.data / data.yaml whose validation list is scored")
     m.add_argument("--img-size", type=int, default=None, help="network input size (default: the cfg's width)")
     m.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
@@ -74,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if model_mode:
         if args.pred or args.gt:
             raise EvalError("use either --gt/--pred or --cfg/--weights/--data, not both")
-        onnx = bool(args.weights) and str(args.weights).lower().endswith(".onnx")
+        onnx = bool(args.weights) and str(args.weights).lower().endswith((".onnx", ".xml"))
         if not ((args.cfg or onnx) and args.weights and args.data):
-            raise EvalError("model-driven evaluation needs --cfg, --weights and --data (no --cfg for an .onnx model)")
+            raise EvalError("model-driven evaluation needs --cfg, --weights and --data (no --cfg for an .onnx or .xml model)")
         run_ = evaluate_model(args.cfg, args.weights, args.data, metric=args.metric, names=names,
                               iou_threshold=args.iou, conf_threshold=args.conf, img_size=args.img_size,
                               nms=args.nms, pred_conf=args.pred_conf, batch_size=args.batch_size,

@@ -105,20 +105,24 @@ def evaluate_model(cfg: str | os.PathLike | None, weights: str | os.PathLike, da
                    iou_rule: str = ">=", device: str = "auto") -> EvalRun:
     """Run the model on the validation images of ``data`` (obj.data / data.yaml / list file), then
     score the detections like :func:`evaluate_files` (continuous pixels, no +1 unless forced).
-    ``weights`` may be an exported ``.onnx`` file (float32 or int8; then ``cfg`` is not needed).
+    ``weights`` may be an exported ``.onnx`` file (float32 or int8, run by onnxruntime) or an
+    OpenVINO IR ``.xml`` (run by OpenVINO at detect's default precision); then ``cfg`` is not needed.
 
     Detections come from :class:`detkit.infer.predict.Predictor` (letterbox, per-class NMS,
     boxes in original pixels), kept down to ``pred_conf`` so AP sees the whole PR curve.
     """
-    from detkit.infer.loading import load_model, load_onnx_model
+    from detkit.infer.loading import load_model, load_onnx_model, load_openvino_model
     from detkit.infer.onnxrt import is_onnx_file
+    from detkit.infer.openvino_model import is_openvino_file
     from detkit.infer.predict import Predictor
 
     gt = load_yolo_gt(data, names)
     if is_onnx_file(weights):  # an exported file (float32 or int8) run by onnxruntime; cfg unused
         model = load_onnx_model(weights, len(gt.class_names), classes_from="the dataset")
+    elif is_openvino_file(weights):  # an OpenVINO IR (float32 or int8); cfg unused
+        model = load_openvino_model(weights, len(gt.class_names), classes_from="the dataset")
     elif cfg is None:
-        raise EvalError("model-driven evaluation needs --cfg (unless --weights is an .onnx model)")
+        raise EvalError("model-driven evaluation needs --cfg (unless --weights is an .onnx or .xml model)")
     else:
         model, _ = load_model(cfg, weights, len(gt.class_names), purpose="evaluation", classes_from="the dataset")
     try:

@@ -84,6 +84,26 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def configure_thread_pools() -> bool:
+    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless the
+    user set it). Must run before torch is imported (libgomp reads it once, when it loads); returns
+    whether it could still take effect.
+
+    Why: with 2 OpenMP threads on 2 busy cores (other processes, or other engines' threads in this
+    process) libgomp's spinning barrier waits for a descheduled partner: measured on the 2-core
+    development VM under load, the PyTorch fast path went from 45-91 ms to 400-1400 ms per image
+    (and 43 -> 200-360 ms of CPU per call) with the default policy (docs/benchmarks_inference.md).
+    """
+    import sys
+
+    if "OMP_WAIT_POLICY" in os.environ:
+        return True
+    if "torch" in sys.modules:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 def default_precision(features: CpuFeatures | None = None) -> str:
     """OpenVINO's precision hint that keeps accuracy here: ``bf16`` with native bf16, else ``fp32``."""
     return "bf16" if (features or cpu_features()).native_bf16 else "fp32"
@@ -110,9 +130,11 @@ class BackendChoice:
 
 
 def choose_backend(requested: str, kind: str, device: str = "cpu",
-                   available: dict[str, bool] | None = None) -> BackendChoice:
+                   available: dict[str, bool] | None = None, onnx_quantized: bool = False) -> BackendChoice:
     """Resolve ``requested`` (one of :data:`BACKENDS`) for a ``kind`` of model file on ``device``
-    (``"cpu"`` or ``"cuda..."``). ``available`` overrides what is installed (tests).
+    (``"cpu"`` or ``"cuda..."``). ``available`` overrides what is installed (tests);
+    ``onnx_quantized``: the ``.onnx`` file holds onnxruntime's quantised operators (``onnx-int8``),
+    which only onnxruntime runs.
 
     Raises:
         DataError: an unknown backend, one that is not installed, or one that cannot run this file
@@ -133,6 +155,8 @@ def choose_backend(requested: str, kind: str, device: str = "cpu",
                 raise DataError("an exported model runs on the CPU (onnxruntime / OpenVINO); for CUDA pass the "
                                 "cfg + weights, or --device cpu")
             return BackendChoice("torch", "auto: PyTorch on CUDA")
+        elif kind == "onnx" and onnx_quantized and have.get("onnxruntime"):
+            return BackendChoice("onnxruntime", "auto: an onnxruntime int8 file")
         elif have.get("openvino"):
             return BackendChoice("openvino", "auto: the fastest installed CPU engine")
         elif kind == "onnx":
@@ -147,6 +171,9 @@ def choose_backend(requested: str, kind: str, device: str = "cpu",
     if requested == "torch" and kind != "darknet":
         raise DataError(f"--backend torch runs a cfg + darknet weights; a .{'xml' if kind == 'openvino' else 'onnx'} "
                         f"file runs with --backend {'openvino' if kind == 'openvino' else 'onnxruntime or openvino'}")
+    if requested == "openvino" and kind == "onnx" and onnx_quantized:
+        raise DataError("this .onnx file is onnxruntime's int8 format (QLinearConv), which OpenVINO does not read; "
+                        "use --backend onnxruntime, or export --format openvino-int8 for OpenVINO")
     if requested == "onnxruntime" and kind == "openvino":
         raise DataError("an OpenVINO IR (.xml) runs with --backend openvino (onnxruntime reads .onnx files)")
     return BackendChoice(requested, why)

@@ -24,7 +24,7 @@ from detkit.errors import DataError, ImageError, WeightsError
 from detkit.infer.draw import draw_detections
 from detkit.infer.backends import choose_backend, cpu_features, weights_kind
 from detkit.infer.loading import load_darknet_openvino, load_model, load_onnx_model, load_openvino_model
-from detkit.infer.onnxrt import META_RESIZE
+from detkit.infer.onnxrt import META_RESIZE, onnx_is_quantized
 from detkit.infer.predict import Predictor, parse_img_size, resolve_device
 from detkit.infer.sources import collect_sources, is_video
 from detkit.infer.writers import (detection_entries, detection_table, entries_json, label_stem, open_video_writer,
@@ -125,7 +125,8 @@ def load_detect_model(opts: DetectOptions, weights: Path, names: list[str], devi
     :func:`~detkit.infer.backends.choose_backend` for the kind of ``--weights`` (cfg + darknet
     weights, ``.onnx``, OpenVINO ``.xml``)."""
     kind = weights_kind(weights)
-    choice = choose_backend(opts.backend, kind, device)
+    quantized = kind == "onnx" and opts.backend in ("auto", "openvino") and onnx_is_quantized(weights)
+    choice = choose_backend(opts.backend, kind, device, onnx_quantized=quantized)
     if kind != "darknet":
         if opts.cfg:
             log.info("--cfg is not used with an exported model (the file holds the network)")

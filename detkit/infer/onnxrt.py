@@ -38,6 +38,18 @@ def is_onnx_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
+def onnx_is_quantized(path: str | os.PathLike) -> bool:
+    """True when an ``.onnx`` file holds onnxruntime's quantised operators (QLinearConv, ...);
+    False for float files and for files onnx cannot read (their loader reports those)."""
+    try:
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception:  # informational only
+        return False
+    return bool(ops & {"QLinearConv", "QuantizeLinear", "ConvInteger", "MatMulInteger"})
+
+
 @dataclass(frozen=True)
 class OnnxInfo:
     """How an :class:`OnnxModel` runs (the Predictor prints :meth:`describe`)."""
@@ -116,13 +128,7 @@ class OnnxModel(nn.Module):
     @staticmethod
     def _guess_precision(path: Path) -> str:
         """``int8`` when the graph holds quantised operators (files not written by detkit)."""
-        try:
-            import onnx
-
-            ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        except Exception:  # informational only: an unreadable graph was already refused by onnxruntime
-            return "fp32"
-        return "int8" if ops & {"QLinearConv", "QuantizeLinear", "ConvInteger"} else "fp32"
+        return "int8" if onnx_is_quantized(path) else "fp32"
 
     @property
     def fixed_input_size(self) -> tuple[int, int]:

@@ -104,7 +104,9 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Check '")]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith(("Check '", "Exception from ", "[ "))
+             and not ln.strip().endswith(".cpp") and "src/" not in ln.split(":")[0]]
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
