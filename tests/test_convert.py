@@ -708,14 +708,15 @@ def test_sigkill_half_way_then_rerun_matches(tmp_path):
     code = (
         "import os, signal, sys\n"
         "import detkit.convert.voc_to_yolo as c\n"
-        "real = c.write_new\n"
+        "import detkit.convert.output as o\n"
+        "real = o.write_new\n"
         "n = [0]\n"
         "def dying(path, data):\n"
         "    n[0] += 1\n"
         "    if n[0] == 5:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real(path, data)\n"
-        "c.write_new = dying\n"
+        "o.write_new = dying\n"
         "c.convert_voc(sys.argv[1], sys.argv[2])\n"
     )
     before = tree_digest(src)

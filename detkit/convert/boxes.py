@@ -23,6 +23,41 @@ from detkit.data.records import ImageRecord
 CLIP_SILENT_PX = 1.0
 
 
+def fix_box(xmin: float, ymin: float, xmax: float, ymax: float, w: int, h: int, offset: float, shown,
+            where: str, file: str, logs: ReportLog, counters: Counter) -> tuple[float, float, float, float] | None:
+    """One box in its source's coordinates -> continuous pixel ``(x1, y1, x2, y2)`` inside the image,
+    or None when it is dropped. Every fix is reported (``shown`` is the box as the source wrote it).
+
+    ``offset`` is subtracted from ``xmin``/``ymin``: 1 for VOC's 1-based inclusive pixels, 0 for
+    COCO and YOLO boxes (already continuous). Inverted boxes are swapped, zero-area boxes (as drawn)
+    and boxes outside the image dropped, boxes sticking out clipped.
+    """
+    if xmin > xmax or ymin > ymax:
+        logs.warn(file, "inverted_box", f"{where}: inverted box {shown} swapped")
+        xmin, xmax = min(xmin, xmax), max(xmin, xmax)
+        ymin, ymax = min(ymin, ymax), max(ymin, ymax)
+        counters["inverted_swapped"] += 1
+    if xmin == xmax or ymin == ymax:
+        logs.warn(file, "degenerate_box", f"{where}: zero-area box {shown} dropped")
+        counters["degenerate_dropped"] += 1
+        return None
+    x1, y1, x2, y2 = xmin - offset, ymin - offset, xmax, ymax
+    out_by = max(-x1, -y1, x2 - w, y2 - h)
+    cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
+    cx2, cy2 = min(max(x2, 0.0), w), min(max(y2, 0.0), h)
+    if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+        logs.warn(file, "outside_image", f"{where}: box {shown} lies outside the {w}x{h} image; dropped")
+        counters["outside_dropped"] += 1
+        return None
+    if out_by > CLIP_SILENT_PX:
+        logs.warn(file, "clipped_box", f"{where}: box {shown} extends {out_by:g} px outside the "
+                  f"{w}x{h} image; clipped")
+        counters["clipped"] += 1
+    elif out_by > 0:
+        counters["clipped_1px"] += 1
+    return cx1, cy1, cx2, cy2
+
+
 def convert_boxes(rec: ImageRecord, w: int, h: int, xml_rel: str, opts: ConvertOptions,
                    known: set[str] | None, unknown: Counter, logs: ReportLog, counters: Counter
                    ) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:
@@ -38,30 +73,10 @@ def convert_boxes(rec: ImageRecord, w: int, h: int, xml_rel: str, opts: ConvertO
             if opts.difficult == "skip":
                 counters["difficult_skipped"] += 1
                 continue
-        xmin, ymin, xmax, ymax = o.voc()
-        if xmin > xmax or ymin > ymax:
-            logs.warn(xml_rel, "inverted_box", f"{where}: inverted box {o.voc()} swapped")
-            xmin, xmax = min(xmin, xmax), max(xmin, xmax)
-            ymin, ymax = min(ymin, ymax), max(ymin, ymax)
-            counters["inverted_swapped"] += 1
-        if xmin == xmax or ymin == ymax:
-            logs.warn(xml_rel, "degenerate_box", f"{where}: zero-area box {o.voc()} dropped")
-            counters["degenerate_dropped"] += 1
+        box = fix_box(*o.voc(), w, h, 1.0, o.voc(), where, xml_rel, logs, counters)
+        if box is None:
             continue
-        x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax  # VOC 1-based inclusive -> continuous
-        out_by = max(-x1, -y1, x2 - w, y2 - h)
-        cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
-        cx2, cy2 = min(max(x2, 0.0), w), min(max(y2, 0.0), h)
-        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
-            logs.warn(xml_rel, "outside_image", f"{where}: box {o.voc()} lies outside the {w}x{h} image; dropped")
-            counters["outside_dropped"] += 1
-            continue
-        if out_by > CLIP_SILENT_PX:
-            logs.warn(xml_rel, "clipped_box", f"{where}: box {o.voc()} extends {out_by:g} px outside the "
-                      f"{w}x{h} image; clipped")
-            counters["clipped"] += 1
-        elif out_by > 0:
-            counters["clipped_1px"] += 1
+        cx1, cy1, cx2, cy2 = box
         if opts.legacy_offset:  # darknet voc_label.py: centre - 1 px, width without the +1
             vx1, vx2, vy1, vy2 = cx1 + 1.0, cx2, cy1 + 1.0, cy2
             cx, cy, bw, bh = (vx1 + vx2) / 2 - 1, (vy1 + vy2) / 2 - 1, vx2 - vx1, vy2 - vy1

@@ -8,21 +8,28 @@ moved-aside outputs left by killed runs are tidied up by the next run.
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
 
 from detkit.convert.discovery import inside
 from detkit.convert.records import log
 from detkit.errors import DataError
 
 TOOL = "detkit convert-voc"
+#: Every tool whose output a later run may replace (the ``tool`` field of ``convert_report.json``).
+TOOLS = (TOOL, "detkit convert")
 REPORT_NAME = "convert_report.json"
-#: Top-level entries of OUT written by convert-voc (anything else in an old OUT needs --force).
+#: Top-level entries of OUT written by convert-voc / convert (anything else in an old OUT needs --force).
 OUT_ENTRIES = {"images", "labels", "backup", "train.txt", "val.txt", "test.txt", "obj.names", "obj.data",
-               "data.yaml", "rename_map.csv", REPORT_NAME}
+               "data.yaml", "rename_map.csv", REPORT_NAME, "annotations", "Annotations", "JPEGImages",
+               "ImageSets"}
 
 
 def _is_detkit_output(out: Path) -> bool:
@@ -30,7 +37,7 @@ def _is_detkit_output(out: Path) -> bool:
         doc = json.loads((out / REPORT_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(doc, dict) and doc.get("tool") == TOOL
+    return isinstance(doc, dict) and doc.get("tool") in TOOLS
 
 
 def _pid_alive(pid: int) -> bool:
@@ -92,6 +99,74 @@ def place_image(src: str, dst: str, mode: str, kind: str | None = None) -> str:
     return "copy"
 
 
+def write_label_pair(tmp: str, stem: str, text: str) -> None:
+    """``labels/<stem>.txt`` and the same file beside the image, ``images/<stem>.txt`` (AlexeyAB's
+    darknet looks there): a hard link, a copy where links are refused."""
+    label = os.path.join(tmp, "labels", stem + ".txt")
+    write_new(label, text)
+    side = os.path.join(tmp, "images", stem + ".txt")
+    try:
+        os.link(label, side)
+    except OSError:
+        shutil.copyfile(label, side)
+
+
+def rename_map_text(rows: Iterable[tuple[str, str, str]]) -> str:
+    """``rename_map.csv`` text from (kind, source, output) rows."""
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(("source", "output", "kind"))
+    wr.writerows((s, o, k) for k, s, o in rows)
+    return buf.getvalue()
+
+
+def write_yolo_files(tmp: Path, lists: dict[str, list[str]], class_names: tuple[str, ...], tool: str,
+                     write: Callable[[Path, str], None]) -> None:
+    """The dataset files of a YOLO OUT: ``train.txt``/``val.txt``[/``test.txt``] (entries given, one
+    per line), ``obj.names``, ``obj.data`` and ``data.yaml`` (``test`` only when listed)."""
+    for s, entries in lists.items():
+        write(tmp / f"{s}.txt", "".join(f"{e}\n" for e in entries))
+    write(tmp / "obj.names", "".join(f"{n}\n" for n in class_names))
+    write(tmp / "obj.data", f"classes = {len(class_names)}\ntrain = train.txt\nvalid = val.txt\n"
+                             "names = obj.names\nbackup = backup/\n")
+    doc = {"train": "train.txt", "val": "val.txt"}
+    if "test" in lists:
+        doc["test"] = "test.txt"
+    doc["nc"] = len(class_names)
+    doc["names"] = list(class_names)
+    write(tmp / "data.yaml", f"# written by {tool}; paths are relative to this file's folder\n"
+          + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+
+
+def build_out(out: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build(tmp)`` in a hidden sibling folder, then swap it in as OUT (module docstring).
+
+    Anything ``build`` raises leaves OUT as it was (the build folder is removed). Weights darknet
+    saved in the previous OUT's ``backup/`` are carried over.
+    """
+    clean_stale(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        if has_files(old / "backup"):  # darknet's weights from training on the previous output: keep them
+            if (out / "backup").is_dir():
+                shutil.rmtree(out / "backup")
+            os.replace(old / "backup", out / "backup")
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_new(path: str, data: str | bytes) -> None:
     """Create a new file inside the build folder (the folder as a whole is renamed into place)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -123,7 +198,7 @@ def check_paths(src: Path, out: Path, force: bool) -> None:
         if force or not any(out.iterdir()):
             return
         if not _is_detkit_output(out):
-            raise DataError("OUT exists and is not an earlier detkit convert-voc output; "
+            raise DataError("OUT exists and is not an earlier detkit convert-voc / convert output; "
                             "use --force to replace it", path=out)
         extra = sorted(p.name for p in out.iterdir() if p.name not in OUT_ENTRIES)
         if extra:

@@ -16,7 +16,7 @@ from detkit.convert.records import ConvertedImage, ReportLog
 SPLIT_FILES = ("train", "val", "trainval", "test")
 
 
-def _read_imagesets(src: Path, group: str) -> dict[str, list[str]]:
+def read_imagesets(src: Path, group: str) -> dict[str, list[str]]:
     main = src / group / "ImageSets" / "Main" if group else src / "ImageSets" / "Main"
     sets: dict[str, list[str]] = {}
     for name in SPLIT_FILES:
@@ -31,6 +31,33 @@ def _read_imagesets(src: Path, group: str) -> dict[str, list[str]]:
     return sets
 
 
+def random_val_indices(n: int, val_fraction: float, seed: int) -> set[int]:
+    """Which of ``n`` items (sorted by their new name) the seeded draw puts into val:
+    ``round(n * val_fraction)`` of them, at least 1 and at most n-1 when n >= 2 and the fraction > 0."""
+    n_val = 0
+    if n and val_fraction > 0:
+        n_val = round(n * val_fraction)
+        if n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return set(order[:n_val])
+
+
+def imageset_lists(sets: dict[str, list[str]]) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) ids of one year folder's ImageSets/Main files (module docstring's rule)."""
+    if "train" in sets:
+        train, val = sets["train"], sets.get("val", sets.get("test", []))
+        test = sets.get("test", []) if "val" in sets else []
+    elif "trainval" in sets:
+        val = sets.get("val", sets.get("test", []))
+        train = [i for i in sets["trainval"] if i not in set(val)]
+        test = sets.get("test", []) if "val" in sets else []
+    else:
+        train, val, test = [], sets.get("val", []), sets.get("test", [])
+    return train, val, test
+
+
 def assign_splits(items: list[ConvertedImage], new_paths: dict[str, str], src: Path, opts: ConvertOptions,
                    logs: ReportLog) -> tuple[dict[str, list[ConvertedImage]], dict]:
     """ImageSets/Main split where a year folder has one; a seeded random draw for the rest."""
@@ -39,18 +66,10 @@ def assign_splits(items: list[ConvertedImage], new_paths: dict[str, str], src: P
     membership: dict[tuple[str, str], str] = {}
     info: dict = {"imagesets": {}, "random": 0}
     for g in groups:
-        sets = _read_imagesets(src, g)
+        sets = read_imagesets(src, g)
         if not sets:
             continue
-        if "train" in sets:
-            train, val = sets["train"], sets.get("val", sets.get("test", []))
-            test = sets.get("test", []) if "val" in sets else []
-        elif "trainval" in sets:
-            val = sets.get("val", sets.get("test", []))
-            train = [i for i in sets["trainval"] if i not in set(val)]
-            test = sets.get("test", []) if "val" in sets else []
-        else:
-            train, val, test = [], sets.get("val", []), sets.get("test", [])
+        train, val, test = imageset_lists(sets)
         for name, ids in (("test", test), ("train", train), ("val", val)):  # later wins: val over train
             for i in ids:
                 prev = membership.get((g, i))
@@ -70,14 +89,7 @@ def assign_splits(items: list[ConvertedImage], new_paths: dict[str, str], src: P
             splits[s].append(it)
     rest.sort(key=lambda it: new_paths[it.image_rel])
     n = len(rest)
-    n_val = 0
-    if n and opts.val_fraction > 0:
-        n_val = round(n * opts.val_fraction)
-        if n >= 2:
-            n_val = min(max(n_val, 1), n - 1)
-    order = list(range(n))
-    random.Random(opts.seed).shuffle(order)
-    val_idx = set(order[:n_val])
+    val_idx = random_val_indices(n, opts.val_fraction, opts.seed)
     for k, it in enumerate(rest):
         splits["val" if k in val_idx else "train"].append(it)
     info["random"] = n

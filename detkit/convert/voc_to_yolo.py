@@ -17,44 +17,33 @@ See docs/convert.md for the OUT layout and the report fields.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from detkit.convert.boxes import convert_boxes
-from detkit.convert.discovery import (
-    choose_image,
-    clean_filename,
-    image_candidates,
-    in_year_folder_outside_jpegimages,
-    unsafe_filename,
-    walk_source,
-)
+from detkit.convert.discovery import in_year_folder_outside_jpegimages, walk_source
 from detkit.convert.headers import check_image
 from detkit.convert.options import ClassStats, ConvertOptions, ConvertResult
 from detkit.convert.output import (
     REPORT_NAME,
     TOOL,
+    build_out,
     check_paths,
-    clean_stale,
-    has_files,
     place_image,
-    write_new,
+    rename_map_text,
+    write_label_pair,
     write_text,
+    write_yolo_files,
 )
+from detkit.convert.pairing import voc_pairs
 from detkit.convert.records import ConvertedImage, ReportLog
 from detkit.convert.splits import assign_splits
-from detkit.data.datafiles import IMAGE_EXTENSIONS, format_yolo_labels
+from detkit.data.datafiles import format_yolo_labels
 from detkit.data.sanitize import sanitize_paths
-from detkit.data.voc import read_voc_annotation
-from detkit.errors import AnnotationError, DataError, ImageError
+from detkit.errors import DataError, ImageError
 
 #: Output extensions: ``.jpeg`` is renamed ``.jpg`` (same bytes); BMP is re-encoded as lossless PNG,
 #: because pjreddie's darknet derives label paths only from ``.jpg``/``.png``/``.JPG``/``.JPEG``.
@@ -101,60 +90,15 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     items: list[ConvertedImage] = []
     claimed: dict[str, str] = {}
 
-    # first pass: read every XML and list the images it can name, so that an exact match always
-    # wins over another XML's case-insensitive or Unicode-normalised fallback (whatever the order)
-    parsed: list[tuple[str, str, str | None, str, object, list]] = []
-    exact_owner: dict[str, str] = {}
-    for xml_rel in tree.xmls:
-        parent = xml_rel.rsplit("/", 1)[0] if "/" in xml_rel else ""
-        xml_stem = os.path.splitext(xml_rel.rsplit("/", 1)[-1])[0]
-        group = None
-        if parent == "Annotations" or parent.endswith("/Annotations"):
-            g = parent[: -len("Annotations")].rstrip("/")
-            if g in tree.year_roots:
-                group = g
-        image_dir = (f"{group}/JPEGImages" if group else "JPEGImages") if group is not None else parent
-        try:
-            rec = read_voc_annotation(os.path.join(src, xml_rel))
-        except AnnotationError as exc:
-            parsed.append((xml_rel, xml_stem, group, image_dir, exc, []))
-            continue
-        fname = rec.filename.strip()
-        cands = image_candidates(tree, src, image_dir, "" if unsafe_filename(fname) else fname, xml_stem)
-        if cands and cands[0].tier <= 1:
-            exact_owner.setdefault(cands[0].path, xml_rel)
-        parsed.append((xml_rel, xml_stem, group, image_dir, rec, cands))
-
-    iterator = parsed
-    if opts.progress:
-        from tqdm import tqdm
-        iterator = tqdm(parsed, desc="convert-voc", unit="xml")
-    for xml_rel, xml_stem, group, image_dir, rec, cands in iterator:
-        if isinstance(rec, AnnotationError):
-            exc = rec
-            msg = exc.message + (f" (line {exc.line})" if exc.line else "")
-            logs.skip(xml_rel, "bad_xml", msg)
-            continue
-        fname = clean_filename(rec, xml_rel, logs)
-        match, refused = choose_image(cands, fname, xml_rel, exact_owner)
-        if match is None:
-            why = f"; {refused}" if refused else ""
-            logs.skip(xml_rel, "no_image", f"no image for this annotation in {image_dir or '.'}/ "
-                      f"(<filename> {rec.filename!r}, or the XML's stem with {', '.join(IMAGE_EXTENSIONS)}){why}")
-            continue
-        if match.note:
-            logs.warn(xml_rel, "filename_mismatch", match.note)
+    for pair in voc_pairs(src, tree, logs, claimed, progress=opts.progress):
+        xml_rel, xml_stem, group, image_dir, rec, match = (pair.xml_rel, pair.xml_stem, pair.group,
+                                                           pair.image_dir, pair.record, pair.match)
         image_rel = match.path
-        if image_rel in claimed:
-            logs.skip(xml_rel, "duplicate_annotation", f"image {image_rel!r} is already annotated by {claimed[image_rel]!r}")
-            continue
         try:
             w, h = check_image(os.path.join(src, image_rel))
         except ImageError as exc:
-            claimed[image_rel] = xml_rel
             logs.skip(image_rel, "bad_image", exc.message)
             continue
-        claimed[image_rel] = xml_rel
         if rec.width is None or rec.height is None:
             counters["size_missing"] += 1
         elif (rec.width, rec.height) != (w, h):
@@ -216,16 +160,13 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         raise DataError(f"--strict: {logs.warnings[0]['file']}: {logs.warnings[0]['message']}", path=src)
 
     # build in a sibling folder, then swap it in
-    clean_stale(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        modes = Counter()
-        per_class_img: Counter = Counter()
-        per_class_obj: Counter = Counter()
-        per_class_diff: Counter = Counter()
+    modes: Counter = Counter()
+    per_class_img: Counter = Counter()
+    per_class_obj: Counter = Counter()
+    per_class_diff: Counter = Counter()
+    done: dict = {}
+
+    def build(tmp: Path) -> None:
         (tmp / "images").mkdir(parents=True)
         (tmp / "labels").mkdir()
         (tmp / "backup").mkdir()
@@ -243,15 +184,9 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
                 os.makedirs(os.path.join(tmp_s, "labels", folder), exist_ok=True)
                 made_dirs.add(folder)
             modes[place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link,
-                               kind=it.kind)] += 1
-            text = format_yolo_labels([(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects])
-            label = os.path.join(tmp_s, "labels", stem + ".txt")
-            write_new(label, text)
-            side = os.path.join(tmp_s, "images", stem + ".txt")  # AlexeyAB's darknet looks beside the image
-            try:
-                os.link(label, side)
-            except OSError:
-                shutil.copyfile(label, side)
+                              kind=it.kind)] += 1
+            write_label_pair(tmp_s, stem, format_yolo_labels(
+                [(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects]))
             for c in {r[0] for r in it.objects}:
                 per_class_img[c] += 1
             for r in it.objects:
@@ -262,23 +197,9 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             rename_rows.append(("annotation", it.xml_rel, f"labels/{stem}.txt"))
 
         split_names = ["train", "val"] + (["test"] if splits["test"] else [])
-        for s in split_names:
-            write(tmp / f"{s}.txt", "".join(f"./images/{new_paths[it.image_rel]}\n" for it in splits[s]))
-        write(tmp / "obj.names", "".join(f"{n}\n" for n in class_names))
-        write(tmp / "obj.data", f"classes = {len(class_names)}\ntrain = train.txt\nvalid = val.txt\n"
-                                 "names = obj.names\nbackup = backup/\n")
-        doc = {"train": "train.txt", "val": "val.txt"}
-        if splits["test"]:
-            doc["test"] = "test.txt"
-        doc["nc"] = len(class_names)
-        doc["names"] = list(class_names)
-        write(tmp / "data.yaml", "# written by detkit convert-voc; paths are relative to this file's folder\n"
-               + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
-        buf = io.StringIO()
-        wr = csv.writer(buf, lineterminator="\n")
-        wr.writerow(("source", "output", "kind"))
-        wr.writerows((s, o, k) for k, s, o in rename_rows)
-        write(tmp / "rename_map.csv", buf.getvalue())
+        write_yolo_files(tmp, {s: [f"./images/{new_paths[it.image_rel]}" for it in splits[s]] for s in split_names},
+                         class_names, TOOL, write)
+        write(tmp / "rename_map.csv", rename_map_text(rename_rows))
 
         per_class = {n: ClassStats(per_class_img[n], per_class_obj[n], per_class_diff[n]) for n in class_names}
         report = {
@@ -309,20 +230,10 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             "skipped": logs.skipped,
         }
         write(tmp / REPORT_NAME, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        done.update(report=report, per_class=per_class)
 
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        if has_files(old / "backup"):  # darknet's weights from training on the previous output: keep them
-            os.rmdir(out / "backup")
-            os.replace(old / "backup", out / "backup")
-        shutil.rmtree(old, ignore_errors=True)
+    build_out(out, build)
+    report, per_class = done["report"], done["per_class"]
     return ConvertResult(out=out, class_names=class_names, per_class=per_class, images=len(items),
                          splits=report["splits"], warnings=tuple(logs.warnings), skipped=tuple(logs.skipped),
                          report=report)
