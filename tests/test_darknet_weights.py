@@ -250,3 +250,55 @@ def test_bad_arguments(tiny_file):
         detkit.load_darknet_weights(model, path, file_num_classes=0)
     with pytest.raises(TypeError):
         detkit.save_darknet_weights(torch.nn.Linear(2, 2), path)
+
+
+def test_pytorch_port_header_with_64bit_seen_loads_with_a_warning(tiny_file, tmp_path, caplog):
+    """pytorchyolo's save_darknet_weights writes five int32 (a 64-bit seen) under a version 0.0 header,
+    which darknet reads with a 32-bit seen: 4 bytes left over (ultralytics/yolov3#30)."""
+    model, path = tiny_file
+    body = path.read_bytes()[HEADER64:]
+    port = tmp_path / "port.weights"
+    port.write_bytes(struct.pack("<iiiii", 0, 0, 0, 1234, 0) + body)
+    loaded = detkit.build_model("yolov3-tiny")
+    with caplog.at_level(logging.WARNING, logger="detkit.darknet.weights"):
+        report = detkit.load_darknet_weights(loaded, port)
+    assert same(model, loaded) and report.header.seen == 1234
+    warned = [r.getMessage() for r in caplog.records if "64-bit 'seen'" in r.getMessage()]
+    assert len(warned) == 1 and "version 0.0 header" in warned[0] and "PyTorch port" in warned[0]
+    # the mirror mistake: a >= 0.2 header followed by a 32-bit seen (4 bytes missing)
+    short = tmp_path / "short.weights"
+    short.write_bytes(struct.pack("<iiiI", 0, 2, 0, 99) + body)
+    again = detkit.build_model("yolov3-tiny")
+    with caplog.at_level(logging.WARNING, logger="detkit.darknet.weights"):
+        report = detkit.load_darknet_weights(again, short)
+    assert same(model, again) and report.header.seen == 99 and "32-bit 'seen'" in caplog.text
+
+
+@pytest.mark.parametrize("extra", [3, 5, 8])
+def test_other_size_mismatches_with_an_old_header_are_still_refused(tiny_file, tmp_path, extra):
+    _, path = tiny_file
+    body = path.read_bytes()[HEADER64:]
+    bad = tmp_path / "bad.weights"
+    bad.write_bytes(struct.pack("<iiiI", 0, 0, 0, 1) + b"\0" * extra + body)
+    with pytest.raises(WeightsError, match="left over|ends inside"):
+        detkit.load_darknet_weights(detkit.build_model("yolov3-tiny"), bad)
+
+
+def test_region_class_count_propagation_and_file_classes(tmp_path):
+    from detkit.darknet.cfg_edit import set_num_classes
+    from detkit.darknet.cfg import resolve_cfg
+
+    text, _ = resolve_cfg("yolov2-tiny")
+    patched, edits = set_num_classes(text, 3)
+    assert [(e.key, e.old, e.new) for e in edits] == [("filters", "425", "40"), ("classes", "80", "3")]
+    model = detkit.build_model("yolov2-tiny", num_classes=3)
+    assert model.num_classes == 3 and model.yolo_layers[0].num_anchors == 5
+    coco = randomise(detkit.build_model("yolov2-tiny"), 3)
+    path = tmp_path / "v2.weights"
+    detkit.save_darknet_weights(coco, path)
+    report = detkit.load_darknet_weights(model, path)  # 80-class file into a 3-class model
+    assert report.file_num_classes == 80 and report.reinitialised == (14,)
+    gauss = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=36\n[Gaussian_yolo]\n"
+             "mask=0,1,2\nanchors=1,1,2,2,3,3\nclasses=3\nnum=3\n")
+    _, edits = set_num_classes(gauss, 2)
+    assert [(e.key, e.new) for e in edits] == [("filters", "33"), ("classes", "2")]  # (classes + 9) * 3
