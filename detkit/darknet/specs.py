@@ -233,6 +233,7 @@ def _parse_shortcut(section: Section, index: int) -> ShortcutSpec:
                         weights_type=wtype, weights_normalization=wnorm if wtype != "none" else "none")
 
 
+MAX_ANCHORS = 4096  # far above any real cfg (the zoo's largest is 20); bounds what a hostile num= allocates
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -257,6 +258,8 @@ def _darknet_anchor_values(r: SectionReader, num: int) -> tuple[float, ...]:
                         where, tok, m.group(0))
         values.append(float(m.group(0)))
     want = 2 * num
+    if num > MAX_ANCHORS:
+        raise r.error("num", f"num={num} is more anchors than detkit builds (at most {MAX_ANCHORS})")
     if len(values) > want:
         log.warning("%s: anchors= lists %d values, num=%d uses the first %d (darknet ignores the rest)",
                     where, len(values), num, want)
@@ -306,6 +309,8 @@ def _parse_region(section: Section, index: int) -> RegionSpec:
         raise r.error(key, f"{key}= (YOLO9000 hierarchical softmax over a WordTree file) is not supported by detkit")
     classes = r.int("classes", 20, minimum=1)
     num = r.int("num", 1, minimum=1)
+    if num > MAX_ANCHORS:
+        raise r.error("num", f"num={num} is more anchors than detkit builds (at most {MAX_ANCHORS})")
     coords = r.int("coords", 4, minimum=4)
     if coords != 4:
         raise r.error("coords", f"coords={coords} in [region] is not supported by detkit (only 4)")
