@@ -103,6 +103,15 @@ Reference details found on the way: darknet's batch norm divides by `sqrt(var + 
 NMS (0.4) inside `[region]` and zeroes the suppressed class scores: those cells are left out. darknet's
 CPU `[region]` flattens its output buffer before `get_region_detections` reads it unflattened, so the
 YOLOv2 cfgs are compared with OpenCV only.
+
+## Commands
+
+    .venv/bin/python -m pytest tests/test_zoo.py -q               # real tier: the cheap cfgs vs OpenCV (~1 min)
+    .venv/bin/python -m pytest tests/test_zoo.py -q -m slow       # every cfg vs OpenCV
+    DETKIT_DARKNET_DUMP=/tmp/detkit-darknet/zoo_darknet_dump .venv/bin/python -m pytest tests/test_zoo.py -m slow -k darknet
+    .venv/bin/python -m pytest tests/test_darknet_zoo_layers.py -q  # every new layer against loops of darknet's C code
+    .venv/bin/python tools/zoo_table.py --size 128                # this page (builds darknet in /tmp/detkit-darknet)
+    detkit cfg --cfg ../shared/darknet_zoo/yolov7x.cfg --check    # layer table + "supported", or what is not
 """
 MAKE_FLAGS = ["GPU=0", "CUDNN=0", "OPENCV=0", "AVX=1", "OPENMP=1", "LIBSO=1"]
 

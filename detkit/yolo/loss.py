@@ -23,7 +23,9 @@ derivative comes from the conv's backward pass):
 
 * objectness: ``obj_normalizer * 0.5 * (t - p)^2``; negatives ``t = 0``; a prediction whose best IoU
   with a ground truth exceeds ``ignore_thresh`` gets no loss, or with ``objectness_smooth=1`` the
-  target ``t = IoU``; positives ``t = 1``;
+  target ``t = IoU``; positives ``t = 1`` (with ``objectness_smooth=1`` darknet only sets a positive's
+  delta when the ignore pass left it at exactly 0, so in practice it keeps the IoU target there;
+  detkit always uses 1 for positives);
 * classes (positives): ``0.5 * sum (t_c - p_c)^2`` (darknet applies ``cls_normalizer`` only together
   with ``counters_per_class``, so plain cfgs use 1);
 * box (positives): ``iou_normalizer * (1 - IoU-family)`` with the cfg's ``iou_loss`` (iou, giou, diou,
