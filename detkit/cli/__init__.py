@@ -17,6 +17,7 @@ from detkit.errors import DetkitError
 COMMAND_MODULES = [
     "cfg_cmd",
     "convert_cmd",
+    "convert_any_cmd",
     "detect_cmd",
     "train_cmd",
     "eval_cmd",

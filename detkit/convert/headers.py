@@ -8,7 +8,9 @@ missing is decoded in full, so unreadable or truncated images raise :class:`~det
 from __future__ import annotations
 
 import os
+from collections import Counter
 
+from detkit.convert.records import ReportLog
 from detkit.data.images import read_image, read_image_size
 
 
@@ -135,3 +137,15 @@ def check_image(path: str) -> tuple[int, int]:
     if not complete:
         read_image(path)  # raises ImageError("truncated ...") when the data really is cut short
     return size
+
+
+def check_claimed_size(claimed_w, claimed_h, w: int, h: int, file: str, logs: ReportLog, counters: Counter,
+                       what: str = "<size>") -> None:
+    """Compare the size an annotation claims with the image's real size (the real one is used)."""
+    if claimed_w is None or claimed_h is None:
+        counters["size_missing"] += 1
+    elif (claimed_w, claimed_h) != (w, h):
+        hint = " (width and height swapped: EXIF rotation?)" if (claimed_w, claimed_h) == (h, w) else ""
+        cw, ch = (int(v) if float(v).is_integer() else v for v in (claimed_w, claimed_h))
+        logs.warn(file, "size_mismatch", f"{what} {cw}x{ch} disagrees with the image's "
+                  f"real size {w}x{h}{hint}; boxes normalised by the real size")

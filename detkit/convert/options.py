@@ -38,6 +38,33 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True)
+class DatasetOptions:
+    """Settings of ``detkit convert SRC OUT --to ...`` (any format to any format).
+
+    Attributes:
+        to: the format written: ``"yolo"``, ``"coco"`` or ``"voc"``.
+        source: the format read: ``"auto"`` (detected, see :func:`detkit.convert.any_format.detect_format`),
+            ``"voc"``, ``"yolo"`` or ``"coco"``.
+        images: folder holding a COCO file's images when they are not beside it (``--images``).
+        names, val_fraction, seed, link, strict, force, progress: as in :class:`ConvertOptions`.
+        difficult: YOLO output only (YOLO has no difficult flag): ``"skip"`` or ``"keep"``;
+            COCO and VOC outputs always keep difficult objects with their flag.
+    """
+
+    to: Literal["yolo", "coco", "voc"] = "yolo"
+    source: Literal["auto", "voc", "yolo", "coco"] = "auto"
+    images: str | None = None
+    names: tuple[str, ...] | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    difficult: Literal["skip", "keep"] = "skip"
+    link: Literal["link", "copy"] = "link"
+    strict: bool = False
+    force: bool = False
+    progress: bool = False
+
+
+@dataclass(frozen=True)
 class ClassStats:
     """Per-class counts: images with at least one written object, written objects, difficult objects."""
 

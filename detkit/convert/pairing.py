@@ -18,6 +18,7 @@ from detkit.convert.discovery import (
     choose_image,
     clean_filename,
     image_candidates,
+    in_year_folder_outside_jpegimages,
     unsafe_filename,
 )
 from detkit.convert.records import ReportLog
@@ -41,6 +42,29 @@ class VocPair:
     @property
     def image_rel(self) -> str:
         return self.match.path
+
+    @property
+    def logical(self) -> str:
+        """The path the output name comes from: a year folder's image without ``JPEGImages/``
+        (``VOC2012/x.jpg``); the content's extension added to a name without an image extension."""
+        logical = self.match.path
+        if self.group is not None:
+            inner = logical[len(self.image_dir) + 1:]
+            logical = f"{self.group}/{inner}" if self.group else inner
+        return logical + (self.match.kind or "")
+
+
+def report_unannotated(tree: SourceTree, claimed: dict[str, str], logs: ReportLog) -> int:
+    """Report every image no XML claimed (``no_annotation``); returns how many images of year folders
+    lie outside ``JPEGImages/`` (``SegmentationClass/`` ...: not detection images, not reported)."""
+    year_other = 0
+    for rel in tree.images:
+        if rel not in claimed:
+            if in_year_folder_outside_jpegimages(rel, tree.year_roots):
+                year_other += 1
+                continue
+            logs.skip(rel, "no_annotation", "image without an XML annotation")
+    return year_other
 
 
 def _place(xml_rel: str, year_roots: set[str]) -> tuple[str, str | None, str]:

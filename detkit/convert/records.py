@@ -1,6 +1,8 @@
 """Internal records of one ``detkit convert-voc`` run, shared by the ``convert_*`` modules.
 
 * :class:`ConvertedImage`: one converted image while OUT is being built (paths, real size, YOLO rows);
+* :class:`SourceBox`, :class:`SourceImage`: one image of any source format (``detkit convert``),
+  boxes in continuous pixels;
 * :class:`ReportLog`: the warnings and skipped files that go into ``convert_report.json``;
 * ``log``: the engine's logger (named ``detkit.convert.voc_to_yolo``, as before the modules were split).
 """
@@ -26,6 +28,50 @@ class ConvertedImage:
     objects: list[tuple[str, float, float, float, float]]  # class name, cx, cy, w, h (normalised)
     difficult_names: list[str]
     kind: str | None = None  # image type from the content when the file name has no image extension
+
+
+@dataclass(frozen=True)
+class SourceBox:
+    """One object in continuous pixels (``x1 .. x2``), already checked and clipped to the image."""
+
+    name: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    difficult: bool = False
+    crowd: bool = False
+
+
+@dataclass
+class SourceImage:
+    """One image of SRC in any format, as read (``detkit convert``)."""
+
+    image_rel: str  # as shown in rename_map.csv / the report (relative to SRC, or to --images)
+    image_path: str  # the file read and linked
+    ann_rel: str  # the annotation file it came from (relative to SRC)
+    logical: str  # path the output name is derived from
+    width: int
+    height: int
+    boxes: list[SourceBox]
+    split: str | None = None  # train / val / test given by the source; None: ImageSets or the draw
+    group: str | None = None  # VOC year root (ImageSets/Main splits)
+    split_id: str = ""  # VOC ImageSets id
+    kind: str | None = None  # image type from the content when the name has no image extension
+
+    @property
+    def xml_rel(self) -> str:  # the name the split assignment reports warnings under
+        return self.ann_rel
+
+
+@dataclass
+class SourceRead:
+    """What a source reader found: the images, the class order the source fixes (None: the sorted
+    class names), and counts for the report."""
+
+    items: list[SourceImage]
+    classes: tuple[str, ...] | None
+    info: dict
 
 
 class ReportLog:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 from detkit.convert.boxes import convert_boxes
-from detkit.convert.discovery import in_year_folder_outside_jpegimages, walk_source
-from detkit.convert.headers import check_image
+from detkit.convert.discovery import walk_source
+from detkit.convert.headers import check_claimed_size, check_image
 from detkit.convert.options import ClassStats, ConvertOptions, ConvertResult
 from detkit.convert.output import (
     REPORT_NAME,
@@ -38,7 +38,7 @@ from detkit.convert.output import (
     write_text,
     write_yolo_files,
 )
-from detkit.convert.pairing import voc_pairs
+from detkit.convert.pairing import report_unannotated, voc_pairs
 from detkit.convert.records import ConvertedImage, ReportLog
 from detkit.convert.splits import assign_splits
 from detkit.data.datafiles import format_yolo_labels
@@ -99,33 +99,16 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
         except ImageError as exc:
             logs.skip(image_rel, "bad_image", exc.message)
             continue
-        if rec.width is None or rec.height is None:
-            counters["size_missing"] += 1
-        elif (rec.width, rec.height) != (w, h):
-            hint = " (width and height swapped: EXIF rotation?)" if (rec.width, rec.height) == (h, w) else ""
-            logs.warn(xml_rel, "size_mismatch", f"<size> {rec.width}x{rec.height} disagrees with the image's "
-                      f"real size {w}x{h}{hint}; boxes normalised by the real size")
+        check_claimed_size(rec.width, rec.height, w, h, xml_rel, logs, counters)
         rows, diff_names = convert_boxes(rec, w, h, xml_rel, opts, known, unknown, logs, counters)
         counters["objects_read"] += len(rec.objects)
-        if group is not None:
-            inner = image_rel[len(image_dir) + 1:]
-            logical = f"{group}/{inner}" if group else inner
-        else:
-            logical = image_rel
-        if match.kind is not None:  # named without an image extension, an image by content
-            logical += match.kind
+        logical = pair.logical
         items.append(ConvertedImage(xml_rel, image_rel, logical, group, xml_stem, w, h, rows, diff_names,
                                     kind=match.kind))
 
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
-    year_other = 0
-    for rel in tree.images:
-        if rel not in claimed:
-            if in_year_folder_outside_jpegimages(rel, tree.year_roots):
-                year_other += 1  # SegmentationClass/, SegmentationObject/ ...: not detection images
-                continue
-            logs.skip(rel, "no_annotation", "image without an XML annotation")
+    year_other = report_unannotated(tree, claimed, logs)
 
     if opts.strict and (logs.warnings or logs.skipped):
         first = (logs.warnings + logs.skipped)[0]
