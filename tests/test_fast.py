@@ -375,19 +375,24 @@ def test_benchmark_command_smoke(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (50 + 10 * i, 70, 3), np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
     code = main(["benchmark", "--quick", "--cfg", str(cfg), "--weights", str(tmp_path / "net.weights"),
                  "--names", str(tmp_path / "two.names"), "--images", str(tmp_path / "imgs"), "--size", "64",
-                 "--threads", "1", "--json", str(tmp_path / "bench.json"), "--pytorchyolo-path", str(tmp_path)])
+                 "--threads", "1", "--json", str(tmp_path / "bench.json"), "--pytorchyolo-path", str(tmp_path),
+                 "--skip", "process"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| OpenCV DNN (darknet importer) |" in out and "| detkit fast fp32 (BN folded, channels_last) |" in out
-    assert "OpenCV DNN loop" in out and "detkit detect (fast path, default)" in out
+    assert "OpenCV DNN loop" in out and "detkit detect (default: --backend auto)" in out
+    assert "flags: " in out and "Compute floor" in out
     import json
 
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert len(res["end_to_end"]) == 4 and all(r["images_per_s"] > 0 for r in res["end_to_end"])
-    assert "int8.onnx (onnxruntime" in res["end_to_end"][3]["name"]  # the quantised file, end to end
+    names = [r["name"] for r in res["end_to_end"]]
+    assert len(names) == 6 and all(r["images_per_s"] > 0 for r in res["end_to_end"])
+    assert "int8.onnx (onnxruntime" in names[4] and "int8.xml (OpenVINO" in names[5]  # the int8 files, end to end
     timed = [r for r in res["latency"] if r["median_ms"] is not None]
-    assert len(timed) >= 7 and all(r["median_ms"] > 0 for r in timed)
+    assert len(timed) >= 11 and all(r["median_ms"] > 0 for r in timed)
     assert any("onnx-int8" in r["name"] for r in timed)
+    assert {"OpenVINO fp32 hint (raw, detkit's IR)", "OpenVINO bf16 hint (raw, detkit's IR)",
+            "OpenVINO int8 (detkit export --format openvino-int8)"} <= {r["name"] for r in timed}
     floor = res["compute_floor"]
     assert floor["conv_gflop"] > 0 and floor["fp32_floor_ms"] > 0 and floor["bf16_gemm_gflops"] > 0
 
