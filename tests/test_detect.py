@@ -19,6 +19,12 @@ from detkit.cli import main
 from detkit.infer.predict import Predictor, parse_img_size
 from helpers import detect_argv, write_tiny_model
 
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """detect converts cfg + weights to a cached OpenVINO IR: keep it out of the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
 class BrightBoxOracle(nn.Module):
     """Stand-in model: reports the extent of the bright (> 0.9) pixels of each input as one box
     of class 1 with score 0.9, in the eval-output format (N, R=1, 5 + 2)."""

@@ -24,6 +24,12 @@ from detkit.errors import WeightsError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """detect converts cfg + weights to a cached OpenVINO IR: keep it out of the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
 POOL_CFG = """[net]
 width=96
 height=64
