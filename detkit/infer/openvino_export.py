@@ -17,9 +17,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -124,11 +126,12 @@ def quantize_openvino_int8(model: DarknetModel, path: str | os.PathLike, calibra
                   and op.get_friendly_name() not in set(keep))
     nncf_log = logging.getLogger("nncf")
     old = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)  # NNCF prints progress bars and notes at INFO
-    try:
-        quantized = nncf.quantize(ov_model, nncf.Dataset(tensors), subset_size=len(tensors),
-                                  preset=nncf.QuantizationPreset.MIXED,
-                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+    nncf_log.setLevel(logging.WARNING)  # NNCF prints notes at INFO
+    try:  # and its progress bar on stdout, where detkit's results go: move it to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(ov_model, nncf.Dataset(tensors), subset_size=len(tensors),
+                                      preset=nncf.QuantizationPreset.MIXED,
+                                      ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     finally:
         nncf_log.setLevel(old)
     shown = ", ".join(x.name for x in paths[:3]) + (", ..." if len(paths) > 3 else "")
