@@ -130,7 +130,7 @@ def quantize_openvino_int8(model: DarknetModel, path: str | os.PathLike, calibra
     try:  # and its progress bar on stdout, where detkit's results go: move it to stderr
         with contextlib.redirect_stdout(sys.stderr):
             quantized = nncf.quantize(ov_model, nncf.Dataset(tensors), subset_size=len(tensors),
-                                      preset=nncf.QuantizationPreset.MIXED,
+                                      preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric activations: BCCD -0.0006 vs MIXED -0.0067
                                       ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     finally:
         nncf_log.setLevel(old)
