@@ -705,19 +705,16 @@ def test_sigkill_half_way_then_rerun_matches(tmp_path):
     ref = tmp_path / "ref"
     convert(src, ref)
     out = tmp_path / "out"
-    code = (
+    code = (  # the on_write seam: the 5th file written (a label file) kills the process
         "import os, signal, sys\n"
-        "import detkit.convert.voc_to_yolo as c\n"
-        "import detkit.convert.output as o\n"
-        "real = o.write_new\n"
+        "from detkit.convert.voc_to_yolo import convert_voc\n"
         "n = [0]\n"
-        "def dying(path, data):\n"
+        "def dying(path):\n"
         "    n[0] += 1\n"
         "    if n[0] == 5:\n"
+        "        assert path.suffix == '.txt' and path.parent.name == 'labels', path\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    real(path, data)\n"
-        "o.write_new = dying\n"
-        "c.convert_voc(sys.argv[1], sys.argv[2])\n"
+        "convert_voc(sys.argv[1], sys.argv[2], on_write=dying)\n"
     )
     before = tree_digest(src)
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], cwd=Path(__file__).resolve().parents[1],

@@ -77,8 +77,9 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
                     *, on_write: Callable[[Path], None] | None = None) -> ConvertResult:
     """Convert the dataset at ``src`` (a folder, or a COCO JSON file) into ``out`` in ``options.to``.
 
-    ``on_write`` is called with each dataset file's path before it is written (a test seam; an
-    exception it raises aborts the run and leaves OUT as it was).
+    ``on_write`` is called with each file's path (label / XML / JSON files, lists, names, map,
+    report) before it is written into the build folder (a test seam; an exception it raises
+    aborts the run and leaves OUT as it was).
     Raises:
         DataError / AnnotationError (one line naming the file and entry): bad options, SRC or OUT,
         a source file that cannot be read at all, nothing convertible, or ``strict`` and any warning.
@@ -147,7 +148,8 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
 
     def build(tmp: Path) -> None:
         tmp.mkdir(parents=True)
-        rows, modes = WRITERS[opts.to](tmp, order, kept, new_paths, splits, classes, opts, write, TOOL)
+        rows, modes = WRITERS[opts.to](tmp, order, kept, new_paths, splits, classes, opts, write, TOOL,
+                                       on_write=on_write)
         top = "JPEGImages" if opts.to == "voc" else "images"
         folders = [("folder", k.rstrip("/"), f"{top}/" + v.rstrip("/"))
                    for k, v in sorted(new_paths.items()) if k.endswith("/")]

@@ -29,6 +29,9 @@ from detkit.data.datafiles import format_yolo_labels
 from detkit.data.pascal_xml import XmlObject, format_voc_xml
 
 Write = Callable[[Path, str], None]
+#: Called with each per-image annotation file's path before it is written (the ``on_write`` seam of
+#: :func:`detkit.convert.any_format.convert_dataset`); dataset-level files go through ``write``.
+Hook = Callable[[Path], None]
 
 
 def keep_box(b: SourceBox, to: str, opts: DatasetOptions, counters: Counter) -> bool:
@@ -67,7 +70,7 @@ class Placer:
 
 def write_yolo(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceBox]], new_paths: dict[str, str],
                splits: dict[str, list[SourceImage]], classes: tuple[str, ...], opts: DatasetOptions,
-               write: Write, tool: str) -> tuple[list[tuple[str, str, str]], Counter]:
+               write: Write, tool: str, on_write: Hook | None = None) -> tuple[list[tuple[str, str, str]], Counter]:
     (tmp / "backup").mkdir(parents=True)
     cid = {n: k for k, n in enumerate(classes)}
     placer = Placer(tmp, "images", opts.link, ("labels",))
@@ -79,7 +82,7 @@ def write_yolo(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceB
         w, h = it.width, it.height
         write_label_pair(placer.tmp, stem, format_yolo_labels(
             [(cid[b.name], (b.x1 + b.x2) / 2 / w, (b.y1 + b.y2) / 2 / h, (b.x2 - b.x1) / w, (b.y2 - b.y1) / h)
-             for b in kept[id(it)]]))
+             for b in kept[id(it)]]), on_write)
         rows.append(("image", it.image_rel, f"images/{new}"))
         rows.append(("annotation", it.ann_rel, f"labels/{stem}.txt"))
     lists = {s: [f"./images/{new_paths[it.image_rel]}" for it in v] for s, v in splits.items()}
@@ -89,7 +92,7 @@ def write_yolo(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceB
 
 def write_coco(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceBox]], new_paths: dict[str, str],
                splits: dict[str, list[SourceImage]], classes: tuple[str, ...], opts: DatasetOptions,
-               write: Write, tool: str) -> tuple[list[tuple[str, str, str]], Counter]:
+               write: Write, tool: str, on_write: Hook | None = None) -> tuple[list[tuple[str, str, str]], Counter]:
     cid = {n: k for k, n in enumerate(classes)}
     placer = Placer(tmp, "images", opts.link)
     (tmp / "annotations").mkdir(parents=True)
@@ -115,7 +118,7 @@ def write_coco(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceB
 
 def write_voc(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceBox]], new_paths: dict[str, str],
               splits: dict[str, list[SourceImage]], classes: tuple[str, ...], opts: DatasetOptions,
-              write: Write, tool: str) -> tuple[list[tuple[str, str, str]], Counter]:
+              write: Write, tool: str, on_write: Hook | None = None) -> tuple[list[tuple[str, str, str]], Counter]:
     placer = Placer(tmp, "JPEGImages", opts.link, ("Annotations",))
     rows = []
     for it in items:
@@ -123,8 +126,10 @@ def write_voc(tmp: Path, items: list[SourceImage], kept: dict[int, list[SourceBo
         stem = new.rsplit(".", 1)[0]
         placer.put(it, new)
         objs = [XmlObject(b.name, b.x1, b.y1, b.x2, b.y2, b.difficult or b.crowd) for b in kept[id(it)]]
-        write_new(os.path.join(placer.tmp, "Annotations", stem + ".xml"),
-                  format_voc_xml(new, it.width, it.height, 3, objs))
+        xml_path = os.path.join(placer.tmp, "Annotations", stem + ".xml")
+        if on_write is not None:
+            on_write(Path(xml_path))
+        write_new(xml_path, format_voc_xml(new, it.width, it.height, 3, objs))
         rows.append(("image", it.image_rel, f"JPEGImages/{new}"))
         rows.append(("annotation", it.ann_rel, f"Annotations/{stem}.xml"))
     main = tmp / "ImageSets" / "Main"

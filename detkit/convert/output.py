@@ -99,10 +99,13 @@ def place_image(src: str, dst: str, mode: str, kind: str | None = None) -> str:
     return "copy"
 
 
-def write_label_pair(tmp: str, stem: str, text: str) -> None:
+def write_label_pair(tmp: str, stem: str, text: str, on_write: Callable[[Path], None] | None = None) -> None:
     """``labels/<stem>.txt`` and the same file beside the image, ``images/<stem>.txt`` (AlexeyAB's
-    darknet looks there): a hard link, a copy where links are refused."""
+    darknet looks there): a hard link, a copy where links are refused. ``on_write`` (the
+    converters' test seam) is called with the label's path before it is written."""
     label = os.path.join(tmp, "labels", stem + ".txt")
+    if on_write is not None:
+        on_write(Path(label))
     write_new(label, text)
     side = os.path.join(tmp, "images", stem + ".txt")
     try:

@@ -54,8 +54,8 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
                 *, on_write: Callable[[Path], None] | None = None) -> ConvertResult:
     """Convert the VOC dataset under ``src`` into a YOLO dataset folder ``out``.
 
-    ``on_write`` is called with the path of each dataset file (lists, names, data files, map,
-    report) just before it is written into the build folder; an exception it raises aborts the
+    ``on_write`` is called with the path of each dataset file (label files, lists, names, data
+    files, map, report) just before it is written into the build folder; an exception it raises aborts the
     run like any other (OUT is left as it was).
 
     Returns:
@@ -169,7 +169,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
             modes[place_image(os.path.join(src, it.image_rel), os.path.join(tmp_s, "images", new), opts.link,
                               kind=it.kind)] += 1
             write_label_pair(tmp_s, stem, format_yolo_labels(
-                [(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects]))
+                [(class_id[c], cx, cy, bw, bh) for c, cx, cy, bw, bh in it.objects]), on_write)
             for c in {r[0] for r in it.objects}:
                 per_class_img[c] += 1
             for r in it.objects:
