@@ -90,7 +90,9 @@ def _open(browser: str, page: Path, tmp: Path, extra: list[str]) -> subprocess.C
     args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
             "--enable-logging=stderr", "--v=0", *extra, page.resolve().as_uri()]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+    # Its own session: a crashing Chromium signals its whole process group, and pytest must not be in it
+    # (seen in CI: SIGSEGV delivered to pytest while it waited on the browser).
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, start_new_session=True)
 
 
 def _console(stderr: str) -> list[str]:

@@ -23,7 +23,7 @@ from helpers import detect_argv, make_dataset, write_tiny_model
 ov = pytest.importorskip("openvino")
 
 from detkit.infer.openvino_export import export_openvino, quantize_openvino_int8  # noqa: E402
-from detkit.infer.openvino_model import OpenVinoModel, cache_root  # noqa: E402
+from detkit.infer.openvino_model import OpenVinoModel, cache_root, openvino_core  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_int8_ir_within_the_onnx_int8_tolerance(exported):
     assert om.fast_info.precision == "int8" and "int8" in om.fast_info.describe()
     assert om.metadata["detkit.precision"] == "int8" and om.metadata["detkit.fp32_layers"] == "15,22"
     assert om.metadata["detkit.calibration"].startswith("12 images (nncf")
-    ops = [op.get_type_name() for op in ov.Core().read_model(str(res.path)).get_ops()]
+    ops = [op.get_type_name() for op in openvino_core().read_model(str(res.path)).get_ops()]
     assert "FakeQuantize" in ops and res.quantized_convs == 11 and res.fp32_layers == (15, 22)
     x = _batch(calib[:4])
     with torch.no_grad():
@@ -245,3 +245,24 @@ def test_wait_policy_is_set_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "None"]
     assert configure_thread_pools() in (True, False)  # this process: torch is loaded already
+
+
+def test_models_released_in_creation_order_leave_signal_handlers_working(exported):
+    """Two OpenVINO models released first-created-first (as garbage collection does), then a Python
+    signal handler runs. With one ``ov.Core`` per model the thread's signal stack was left on a freed
+    Core's memory and the handler killed the process with SIGSEGV (seen in CI as pytest dying
+    while it waited on a browser subprocess); detkit's one shared Core keeps it valid."""
+    _, fp32, _, _ = exported
+    code = ("import gc, os, signal, sys, numpy as np\n"
+            "from detkit.infer.openvino_model import OpenVinoModel\n"
+            "x = np.zeros((1, 3, 64, 96), np.float32)\n"
+            "a = OpenVinoModel(sys.argv[1], threads=1, cache_dir=''); a.forward_numpy(x)\n"
+            "b = OpenVinoModel(sys.argv[1], threads=1, cache_dir=''); b.forward_numpy(x)\n"
+            "del a; gc.collect(); del b; gc.collect()\n"
+            "hits = []\n"
+            "signal.signal(signal.SIGUSR1, lambda *_: hits.append(1))\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "print('handled', len(hits))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(fp32)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"rc={res.returncode}: {res.stderr[-1500:]}"
+    assert res.stdout.split() == ["handled", "1"]

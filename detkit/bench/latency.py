@@ -22,6 +22,7 @@ import torch
 
 from detkit.bench.machine import nncf_available, onnxruntime_available, openvino_available
 from detkit.bench.opencv_loop import opencv_net
+from detkit.infer.openvino_model import openvino_core
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,7 @@ def build_openvino_int8(model: torch.nn.Module, calibration: list[Path], folder:
 def raw_openvino(path: Path, hint: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """A plain OpenVINO run of an IR with no detkit code in the loop (what a user's own script
     does): ``compile_model`` with the precision hint, one infer request."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+    compiled = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                           "PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_NUM_THREADS": str(threads)})
     request = compiled.create_infer_request()

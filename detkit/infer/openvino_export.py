@@ -31,7 +31,7 @@ from detkit.darknet.model import DarknetModel
 from detkit.errors import ImageError
 from detkit.infer.export import DEFAULT_OPSET, onnx_bytes
 from detkit.infer.onnxrt import META_CALIBRATION, META_FP32_LAYERS, META_PRECISION, META_RESIZE
-from detkit.infer.openvino_model import cache_root, write_metadata
+from detkit.infer.openvino_model import cache_root, openvino_core, write_metadata
 from detkit.infer.quantize import (DEFAULT_CALIBRATION_IMAGES, QuantizeResult, calibration_tensor,
                                    fp32_layer_indices, nodes_to_keep_float)
 
@@ -42,13 +42,11 @@ IR_VERSION = "1"
 
 
 def _ov_model(model: DarknetModel, size: tuple[int, int], dynamic_batch: bool, opset: int):
-    import openvino as ov
-
     data, _ = onnx_bytes(model, size, dynamic_batch=dynamic_batch, opset=opset, maxpool_pad="edge")
     with tempfile.TemporaryDirectory(prefix="detkit-ov-") as tmp:
         src = Path(tmp) / "model.onnx"
         src.write_bytes(data)
-        return ov.Core().read_model(str(src))
+        return openvino_core().read_model(str(src))
 
 
 def _save(ov_model, path: Path) -> int:

@@ -17,6 +17,7 @@ the image-decoding threads and other engines in the same process), one stream.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -33,6 +34,29 @@ from detkit.infer.backends import cpu_features, default_precision, default_threa
 from detkit.infer.onnxrt import META_PRECISION
 
 log = logging.getLogger(__name__)
+
+@functools.cache
+def openvino_core():
+    """The one ``openvino.Core`` of the process, shared by every detkit model, export and benchmark.
+
+    Not a convenience: each ``Core`` that compiles a model replaces the calling thread's signal
+    stack (``sigaltstack``) with its own and puts the previous one back when it is destroyed.
+    Two Cores destroyed in creation order (first one first, as garbage collection does) leave
+    the thread on the first Core's freed stack, and the next Python signal handler (Ctrl-C, a
+    timer, a DataLoader's SIGCHLD) then kills the process with SIGSEGV. One Core that lives
+    as long as the process never unwinds that stack (OpenVINO 2025-2026, seen in detkit's CI).
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
+def openvino_version() -> str:
+    """OpenVINO's release, e.g. ``2026.0.0`` (without the build suffix)."""
+    import openvino as ov
+
+    return ov.__version__.split("-")[0]
+
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: rt_info section of an IR that holds detkit's metadata (``detkit.precision`` -> ``detkit/precision``)
@@ -137,11 +161,10 @@ class OpenVinoModel(nn.Module):
             raise WeightsError(f"the IR's weights file {p.with_suffix('.bin').name} is missing (an OpenVINO IR is "
                                ".xml + .bin side by side)", path=p)
         try:
-            import openvino as ov
+            self._core = openvino_core()
         except ImportError:
             raise WeightsError("running a model with OpenVINO needs the openvino package (pip install openvino)",
                                path=p) from None
-        self._core = ov.Core()
         try:
             model = self._core.read_model(str(p))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line texts
@@ -181,7 +204,7 @@ class OpenVinoModel(nn.Module):
         compiled_hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         hint_name = "bf16" if ("bf16" in compiled_hint.lower() or "bfloat16" in compiled_hint.lower()) else "fp32"
         self.fast_info = OpenVinoInfo(str(p), "int8" if int8 else hint_name, hint_name, self.threads,
-                                      f"openvino {ov.__version__.split('-')[0]}", self.fixed_batch, compile_s)
+                                      f"openvino {openvino_version()}", self.fixed_batch, compile_s)
         self.eval()
 
     def _check_io(self, model, p: Path) -> None:
