@@ -90,8 +90,7 @@ def _open(browser: str, page: Path, tmp: Path, extra: list[str]) -> subprocess.C
     args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
             "--enable-logging=stderr", "--v=0", *extra, page.resolve().as_uri()]
-    # Its own session: a crashing Chromium signals its whole process group, and pytest must not be in it
-    # (seen in CI: SIGSEGV delivered to pytest while it waited on the browser).
+    # Its own session: Chromium's helpers (zygote, crashpad) stay out of pytest's process group.
     return subprocess.run(args, capture_output=True, text=True, timeout=120, start_new_session=True)
 
 
