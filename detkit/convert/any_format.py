@@ -135,10 +135,13 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
     split_info["source"] = len(preset)
     order = sorted(items, key=lambda it: new_paths[it.image_rel])
     kept = {id(it): [b for b in it.boxes if keep_box(b, opts.to, opts, counters)] for it in order}
-    per_class = {n: ClassStats(sum(1 for it in order if any(b.name == n for b in kept[id(it)])),
-                               sum(1 for it in order for b in kept[id(it)] if b.name == n),
-                               sum(1 for it in order for b in it.boxes if b.name == n and b.difficult))
-                 for n in classes}
+    n_img, n_obj, n_diff = Counter(), Counter(), Counter()  # one pass (classes x images was quadratic)
+    for it in order:
+        names_here = [b.name for b in kept[id(it)]]
+        n_obj.update(names_here)
+        n_img.update(set(names_here))
+        n_diff.update(b.name for b in it.boxes if b.difficult)
+    per_class = {n: ClassStats(n_img[n], n_obj[n], n_diff[n]) for n in classes}
     done: dict = {}
 
     def write(path: Path, text: str) -> None:

@@ -164,7 +164,11 @@ def read_coco_source(src: Path, opts: DatasetOptions, logs: ReportLog, counters:
             boxes = []
             for a in anns:
                 x, y, bw, bh = a.bbox
-                b = fix_box(x, y, x + bw, y + bh, w, h, 0.0, list(a.bbox), f"{a.entry}", jrel, logs, counters)
+                x2, y2 = x + bw, y + bh
+                if 0.0 <= x and 0.0 <= y and bw > 0.0 and bh > 0.0 and x2 <= w and y2 <= h:
+                    b = (x, y, x2, y2)  # inside the image: what fix_box returns, without its checks
+                else:
+                    b = fix_box(x, y, x2, y2, w, h, 0.0, list(a.bbox), a.entry, jrel, logs, counters)
                 if b is not None:
                     boxes.append(SourceBox(classes[cindex[a.category_id]], *b,
                                            difficult=a.difficult or a.ignore, crowd=a.iscrowd))
