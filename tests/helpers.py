@@ -309,3 +309,18 @@ def mini_settings(tmp_path: Path, data: Path, **kw) -> TrainSettings:
     base.update(kw)
     out = base.pop("out", str(tmp_path / "runs" / "exp"))
     return resolve_settings(str(cfg), str(data), 2, out, **base)
+
+
+def disc_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """``n`` PNGs of ``size`` (w, h) in ``folder``: uniform noise with one green disc each
+    (calibration and detect inputs for the int8 / OpenVINO tests)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        cv2.circle(img, (int(rng.integers(10, 70)), int(rng.integers(10, 54))), 9, (40, 200, 90), -1)
+        p = folder / f"c{i:02d}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+    return paths

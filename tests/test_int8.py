@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 import detkit
 from detkit.cli import main
 from detkit.infer.export import DecodedExport, export_onnx
-from helpers import make_dataset, tiny_cfg, write_tiny_model
+from helpers import disc_images, make_dataset, write_tiny_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -108,18 +107,6 @@ def test_edge_padding_refuses_windows_wholly_in_the_padding(tmp_path):
         DecodedExport(model, (96, 64), maxpool_pad="edge")
 
 
-def _write_images(folder: Path, n: int, size=(80, 64), seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        cv2.circle(img, (int(rng.integers(10, 70)), int(rng.integers(10, 54))), 9, (40, 200, 90), -1)
-        p = folder / f"c{i:02d}.png"
-        cv2.imwrite(str(p), img)
-        paths.append(p)
-    return paths
-
 
 @pytest.fixture(scope="module")
 def quantised(tmp_path_factory):
@@ -127,7 +114,7 @@ def quantised(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
     model = detkit.build_model("yolov3-tiny", num_classes=2).eval()
-    calib = _write_images(tmp / "calib", 12)
+    calib = disc_images(tmp / "calib", 12, size=(80, 64))
     res = quantize_int8(model, tmp / "m.onnx", calib, img_size=(96, 64))
     return model, res, calib
 
@@ -269,7 +256,7 @@ def tiny(tmp_path):
     folder.mkdir()
     model = write_tiny_model(folder, head_bias=[2.0, 1.0, -1.0])
     (folder / "two.names").write_text("a\nb\n")
-    images = _write_images(tmp_path / "imgs", 6, size=(64, 64))
+    images = disc_images(tmp_path / "imgs", 6, size=(64, 64))
     return folder, model, images
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,7 @@ import detkit
 from detkit.cli import main
 from detkit.errors import DataError, WeightsError
 from detkit.infer.backends import choose_backend, configure_thread_pools, parse_cpuinfo
-from helpers import detect_argv, make_dataset, write_tiny_model
+from helpers import detect_argv, disc_images, make_dataset, write_tiny_model
 
 ov = pytest.importorskip("openvino")
 
@@ -32,18 +30,6 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
-def _images(folder: Path, n: int, size=(96, 64), seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        cv2.circle(img, (int(rng.integers(10, 70)), int(rng.integers(10, 54))), 9, (40, 200, 90), -1)
-        p = folder / f"c{i:02d}.png"
-        cv2.imwrite(str(p), img)
-        out.append(p)
-    return out
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -51,7 +37,7 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ov")
     torch.manual_seed(0)
     model = detkit.build_model("yolov3-tiny", num_classes=2).eval()
-    calib = _images(tmp / "calib", 12)
+    calib = disc_images(tmp / "calib", 12, size=(96, 64))
     fp32, _ = export_openvino(model, tmp / "m.xml", (96, 64))
     int8 = quantize_openvino_int8(model, tmp / "m8.xml", calib, img_size=(96, 64))
     return model, fp32, int8, calib
@@ -183,7 +169,7 @@ def test_detect_names_the_backend_and_caches_the_conversion(tmp_path, capsys):
     folder.mkdir()
     write_tiny_model(folder, head_bias=[2.0, 1.0, -1.0])
     (folder / "two.names").write_text("a\nb\n")
-    imgs = _images(tmp_path / "imgs", 3, size=(64, 64))
+    imgs = disc_images(tmp_path / "imgs", 3, size=(64, 64))
     runs = {}
     for backend in ("auto", "openvino", "torch"):
         out = tmp_path / backend
@@ -212,7 +198,7 @@ def test_cli_export_openvino_and_int8(tmp_path, capsys):
     folder = tmp_path / "m"
     folder.mkdir()
     write_tiny_model(folder, head_bias=[2.0, 1.0, -1.0])
-    imgs = _images(tmp_path / "imgs", 4, size=(64, 64))
+    imgs = disc_images(tmp_path / "imgs", 4, size=(64, 64))
     base = ["export", "--cfg", str(folder / "tiny.cfg"), "--weights", str(folder / "tiny.weights")]
     assert main(base + ["--format", "openvino", "-o", str(tmp_path / "t.xml")]) == 0
     text = capsys.readouterr().out
