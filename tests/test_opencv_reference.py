@@ -8,7 +8,6 @@ then anchor, y, x, boxes in input pixels, class probabilities not multiplied by 
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
 
 import detkit  # noqa: E402
 from detkit.darknet.model import DarknetModel  # noqa: E402
+from zoo_reference import randomise  # noqa: E402
 
 TOL = 1e-4
 
@@ -28,26 +28,6 @@ def opencv_cfg(text: str) -> str:
     """The same cfg with ``thresh=0`` added to every [yolo] so OpenCV zeroes no class score."""
     return "\n".join(line + ("\nthresh=0" if line.strip() == "[yolo]" else "") for line in text.split("\n"))
 
-
-def randomise(model: DarknetModel, seed: int) -> None:
-    """Random weights that keep activations O(1) through the whole network."""
-    g = torch.Generator().manual_seed(seed)
-    heads = {i for i, m in enumerate(model.layers) if m in model.yolo_layers}
-    with torch.no_grad():
-        for _, layer in model.conv_layers:
-            w = layer.conv.weight
-            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-            w.copy_(torch.randn(w.shape, generator=g) * math.sqrt(2.0 / fan_in))
-            if layer.conv.bias is not None:
-                layer.conv.bias.copy_(torch.rand(layer.conv.bias.shape, generator=g) - 0.5)
-            if layer.spec.index + 1 in heads:  # realistic head outputs: boxes within a few image sizes
-                w.mul_(0.25)
-            if layer.bn is not None:
-                n = layer.bn.num_features
-                layer.bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                layer.bn.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
-                layer.bn.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
-                layer.bn.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)  # positive
 
 
 def compare(model: DarknetModel, cfg_path, weights_path, blob: np.ndarray) -> dict[str, float]:
