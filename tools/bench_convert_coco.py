@@ -13,7 +13,11 @@ non-contiguous ids 1..90, a third of the file names Chinese) and the real JPEG f
   box maths on a small numpy array (the structure of ultralytics' ``convert_coco``, written here
   from its description, not copied: ultralytics is AGPL and not installed offline) and one label
   file per image;
-* ``loop_python``: the same with plain Python floats (no numpy per annotation).
+* ``loop_python``: the same with plain Python floats (no numpy per annotation);
+* ``ultralytics``: ``ultralytics.data.converter.convert_coco(labels_dir, save_dir, cls91to80=False)``
+  when ultralytics can be imported (it is not a detkit dependency; e.g.
+  ``pip install --no-deps --target /tmp/ultra ultralytics`` then ``PYTHONPATH=/tmp/ultra``);
+  left out otherwise.
 
 The loops write only label files (no images, lists, names or report) and trust the JSON's
 width/height. Prints the CPU model and flags, each repeat, and per contender the median and the
@@ -139,6 +143,16 @@ def loop_python(jf: Path, out: Path) -> int:
     return n
 
 
+def run_ultralytics(jf: Path, out: Path) -> int:
+    import contextlib
+    import io as _io
+
+    from ultralytics.data.converter import convert_coco
+    with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+        convert_coco(labels_dir=str(jf.parent), save_dir=str(out), cls91to80=False)
+    return sum(len(p.read_text().splitlines()) for p in out.rglob("*.txt"))
+
+
 def run_detkit(jf: Path, out: Path) -> int:
     res = convert_dataset(jf, out, DatasetOptions(to="yolo", images=str(jf.parent.parent / "images"), force=True))
     return res.report["objects_written"]
@@ -180,6 +194,12 @@ def main() -> None:
     print(json.dumps({"generated": args.annotations, "json_bytes": jf.stat().st_size,
                       "seconds": round(time.perf_counter() - t0, 2)}))
     contenders = {"detkit": run_detkit, "loop_numpy": loop_numpy, "loop_python": loop_python}
+    try:
+        import ultralytics
+        contenders["ultralytics"] = run_ultralytics
+        print(json.dumps({"ultralytics": ultralytics.__version__}))
+    except ImportError:
+        print(json.dumps({"ultralytics": "not importable: left out"}))
     rates: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(args.repeats):
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))  # interleaved, alternating order
@@ -195,7 +215,7 @@ def main() -> None:
                               "annotations_per_s": round(n / dt)}))
     summary = {k: {"median": round(statistics.median(v)), "min": round(min(v)), "max": round(max(v))}
                for k, v in rates.items()}
-    for k in ("loop_numpy", "loop_python"):
+    for k in [c for c in contenders if c != "detkit"]:
         summary[f"detkit_over_{k}"] = round(statistics.median(rates["detkit"]) / statistics.median(rates[k]), 2)
     summary["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(summary))
