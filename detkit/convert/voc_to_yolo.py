@@ -91,8 +91,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, options: Convert
     claimed: dict[str, str] = {}
 
     for pair in voc_pairs(src, tree, logs, claimed, progress=opts.progress):
-        xml_rel, xml_stem, group, image_dir, rec, match = (pair.xml_rel, pair.xml_stem, pair.group,
-                                                           pair.image_dir, pair.record, pair.match)
+        xml_rel, xml_stem, group, rec, match = pair.xml_rel, pair.xml_stem, pair.group, pair.record, pair.match
         image_rel = match.path
         try:
             w, h = check_image(os.path.join(src, image_rel))
