@@ -609,3 +609,16 @@ def test_sigkill_mid_write_then_rerun_matches(tmp_path, to):
     assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
     assert tree_digest(out) == tree_digest(tmp_path / "ref")
     assert os.path.isfile(out / "convert_report.json")
+
+
+def test_convert_to_yolo_writes_what_convert_voc_writes(tmp_path):
+    from detkit.convert.voc_to_yolo import convert_voc
+    src = voc_source(tmp_path / "src")
+    convert_voc(src, tmp_path / "a")
+    convert(src, tmp_path / "b", "yolo")
+    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
+    assert set(a) == set(b)
+    # the report's tool / from / to fields, and data.yaml's "# written by <tool>" comment
+    assert sorted(k for k in a if a[k] != b[k]) == ["convert_report.json", "data.yaml"]
+    ya, yb = ((tmp_path / d / "data.yaml").read_text(encoding="utf-8").splitlines() for d in "ab")
+    assert ya[1:] == yb[1:]
