@@ -40,8 +40,9 @@ def setup(tmp_path_factory):
     return d
 
 
-def _detect(setup: Path, out: Path, *extra: str) -> int:
-    return main(detect_argv(setup, out, "--conf", "0.3", "--batch", "4", *extra))
+def _detect(setup: Path, out: Path, *extra: str, backend: str = "torch") -> int:
+    """detect on the clip; these tests check video I/O and the PyTorch paths, so the backend is pinned."""
+    return main(detect_argv(setup, out, "--conf", "0.3", "--batch", "4", "--backend", backend, *extra))
 
 
 def _reference_frames(path: Path) -> list[np.ndarray]:
@@ -151,3 +152,23 @@ def test_video_out_in_source_folder_is_refused(setup, capsys):
     assert _detect(setup, src, "--source", str(src / "clip.mp4")) == 1
     assert "would overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_video_openvino_backend_agrees_with_torch(setup, tmp_path, monkeypatch):
+    """The OpenVINO backend (float32 hint) on the clip gives PyTorch float32's boxes, frame by frame."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out_t, out_o = tmp_path / "t", tmp_path / "o"
+    assert _detect(setup, out_t, "--source", str(setup / "src" / "clip.mp4"), "--no-images", "--precision", "fp32") == 0
+    assert _detect(setup, out_o, "--source", str(setup / "src" / "clip.mp4"), "--no-images", "--precision", "fp32",
+                   backend="openvino") == 0
+    from detkit.boxes import iou_matrix
+    a = [json.loads(ln) for ln in (out_t / "detections.jsonl").read_text().splitlines()]
+    b = [json.loads(ln) for ln in (out_o / "detections.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == N_FRAMES
+    for ra, rb in zip(a, b):
+        for d in ra["detections"]:
+            same = [e for e in rb["detections"] if e["class_id"] == d["class_id"]]
+            assert same
+            ious = iou_matrix(np.array([d["box_xyxy"]]), np.array([e["box_xyxy"] for e in same]))[0]
+            assert ious.max() > 0.99
