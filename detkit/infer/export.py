@@ -5,7 +5,8 @@ objectness, class probabilities; rows head-major, then anchor, y, x) is traced t
 :class:`DecodedExport`, a thin wrapper that runs the same layers and decodes every head with
 constant grids and ``-1`` batch reshapes. That keeps the graph to operators OpenCV DNN's ONNX
 importer supports (``Conv``, ``LeakyRelu``, ``Pad``/``MaxPool``, ``Resize`` nearest, ``Concat``,
-``Reshape``, ``Transpose``, ``Slice``, ``Sigmoid``, ``Exp``, ``Mul``, ``Add``) and lets the batch
+``Reshape``, ``Transpose``, ``Slice``, ``Sigmoid``, ``Exp``, ``Mul``, ``Add``; ``Softmax`` for
+``[region]`` heads) and lets the batch
 dimension be dynamic: the model's own decode computes reshape sizes from the input shape, which
 onnxruntime follows but OpenCV 4.x mis-reads for batches > 1. darknet's size=2/stride=1 maxpool
 pads right/bottom with ``-inf``; that exports as ``Pad(value=-inf)`` + ``MaxPool``, which both
@@ -27,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from detkit.darknet.layers import MaxPoolLayer, RouteLayer, ShortcutLayer, YoloLayer
+from detkit.darknet.layers import MaxPoolLayer, RegionLayer, RouteLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import DarknetModel
 from detkit.darknet.shapes import infer_shapes
 from detkit.darknet.weights import save_darknet_weights
@@ -57,10 +58,11 @@ class ExportResult:
 
 
 class _HeadDecoder(nn.Module):
-    """One yolo head's decode with constant grids for a fixed feature size (export only).
+    """One head's decode with constant grids for a fixed feature size (export only).
 
-    Same formula as :func:`detkit.yolo.decode.decode_head`; the result is compared with the
-    model's own eval forward in the tests.
+    The same formulas as the head's own ``decode`` (:func:`detkit.yolo.decode.decode_head` for
+    ``[yolo]``, with or without ``new_coords``, and :func:`detkit.yolo.decode.decode_region` for
+    ``[region]``); the result is compared with the model's own eval forward in the tests.
     """
 
     def __init__(self, head: YoloLayer, feat_hw: tuple[int, int], input_hw: tuple[int, int]):
@@ -68,6 +70,9 @@ class _HeadDecoder(nn.Module):
         h, w = feat_hw
         a = head.num_anchors
         self.a, self.d, self.hw = a, 5 + head.num_classes, h * w
+        self.kind = "region" if isinstance(head, RegionLayer) else "yolo"
+        self.new_coords = bool(head.new_coords)
+        self.softmax = bool(head.spec.softmax) if self.kind == "region" else False
         ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                                 indexing="ij")
         grid = torch.stack([xs, ys], dim=-1).reshape(1, 1, h * w, 2).expand(1, a, h * w, 2)
@@ -76,14 +81,27 @@ class _HeadDecoder(nn.Module):
         # x = (sigmoid(tx) * s - (s - 1) / 2 + col) * stride  ->  sigmoid(tx) * (s * stride) + offset
         self.register_buffer("xy_mul", (s * stride).reshape(1, 1, 2))
         self.register_buffer("xy_add", ((grid - (s - 1.0) / 2.0) * stride).reshape(1, a * h * w, 2))
-        anchors = head.anchors.detach().to("cpu", torch.float32)  # (A, 2)
+        if self.kind == "region":  # anchors in grid cells, scaled by this feature map's stride
+            anchors = head.grid_anchors.detach().to("cpu", torch.float32) * stride
+        else:
+            anchors = head.anchors.detach().to("cpu", torch.float32)  # (A, 2) input pixels
+        if self.new_coords:
+            anchors = anchors * 4.0  # w = 4 * t_w^2 * anchor_w
         self.register_buffer("wh_mul", anchors.reshape(1, a, 1, 2).expand(1, a, h * w, 2).reshape(1, a * h * w, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (N, A*(5+C), H, W) -> (N, A, 5+C, H*W) -> (N, A, H*W, 5+C) -> (N, A*H*W, 5+C)
         p = x.reshape(-1, self.a, self.d, self.hw).permute(0, 1, 3, 2).reshape(-1, self.a * self.hw, self.d)
+        if self.new_coords:  # the conv before the head applied the logistic already
+            xy = p[..., 0:2] * self.xy_mul + self.xy_add
+            wh = p[..., 2:4] * p[..., 2:4] * self.wh_mul
+            return torch.cat([xy, wh, p[..., 4:]], dim=-1)
         xy = torch.sigmoid(p[..., 0:2]) * self.xy_mul + self.xy_add
         wh = torch.exp(p[..., 2:4]) * self.wh_mul
+        if self.kind == "region":
+            obj = torch.sigmoid(p[..., 4:5])
+            cls = torch.softmax(p[..., 5:], dim=-1) if self.softmax else torch.sigmoid(p[..., 5:])
+            return torch.cat([xy, wh, obj, cls], dim=-1)
         probs = torch.sigmoid(p[..., 4:])
         return torch.cat([xy, wh, probs], dim=-1)
 

@@ -13,7 +13,7 @@
   with yolov3-tiny: mean objectness error 0.0020 -> 0.0014 for +7% CPU time, and a raccoon
   fine-tune's VOC mAP@0.5 gap to fp32 -0.0063 -> -0.0005) and the yolo-head convolutions (whose
   logits become scores and box exponents) stay float32;
-* the yolo decoding on the device, vectorised, in float32 (:func:`detkit.yolo.decode.decode_head`);
+* the yolo decoding on the device, vectorised, in float32 (each head's own ``decode``: [yolo], new_coords, [region]);
 * optionally ``torch.compile`` (off by default: measure with ``detkit benchmark`` first).
 
 The output contract is the eval-mode contract of DarknetModel: ``(N, 3, H, W)`` in [0, 1] ->
@@ -33,7 +33,6 @@ from torch import nn
 
 from detkit.darknet.layers import ConvLayer, RouteLayer, ShortcutLayer, YoloLayer
 from detkit.darknet.model import network_input
-from detkit.yolo.decode import decode_head
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +215,7 @@ class FastDarknet(nn.Module):
                 x = layer(x, [saved[j].to(x.dtype) for j in layer.sources])
             elif kind == "yolo":
                 raw = layer.raw(x)  # (N, A, H_i, W_i, 5 + C)
-                stride_xy = (w / raw.shape[3], h / raw.shape[2])
-                heads.append(decode_head(raw, layer.anchors, stride_xy, layer.scale_x_y))  # float32
+                heads.append(layer.decode(raw, (h, w)))  # the head's own formula ([yolo], new_coords, [region]), float32
             else:
                 x = layer(x)
             if i in self._keep:
