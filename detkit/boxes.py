@@ -13,21 +13,24 @@ Functions accept numpy arrays or torch tensors of shape ``(..., 4)`` and return 
 """
 from __future__ import annotations
 
+import sys
 from typing import TypeVar
 
 import numpy as np
 
-try:  # torch is a hard dependency of detkit, but keep this module importable on its own
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
-
 Array = TypeVar("Array")
 
 
+def _is_tensor(arr) -> bool:
+    """A torch tensor? Never imports torch (importing it costs seconds at start-up, and no tensor
+    can exist before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(arr, torch.Tensor)
+
+
 def _stack(arr, parts):
-    if torch is not None and isinstance(arr, torch.Tensor):
-        return torch.stack(parts, dim=-1)
+    if _is_tensor(arr):
+        return sys.modules["torch"].stack(parts, dim=-1)
     return np.stack(parts, axis=-1)
 
 
@@ -82,7 +85,7 @@ def xyxy_to_voc(b: Array) -> Array:
 
 def clip_xyxy(b: Array, width: float, height: float) -> Array:
     """Clip xyxy boxes to the image rectangle [0, width] x [0, height]."""
-    if torch is not None and isinstance(b, torch.Tensor):
+    if _is_tensor(b):
         return _stack(b, [b[..., 0].clamp(0, width), b[..., 1].clamp(0, height),
                           b[..., 2].clamp(0, width), b[..., 3].clamp(0, height)])
     return _stack(b, [np.clip(b[..., 0], 0, width), np.clip(b[..., 1], 0, height),

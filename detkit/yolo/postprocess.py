@@ -5,18 +5,22 @@ The model's eval forward gives ``(N, R, 5 + C)`` rows ``cx, cy, w, h, objectness
 
 * the score of class ``c`` for a row is ``objectness * p(c)``; a row yields one candidate for every
   class whose score is ``> conf_thres`` (multi-label: one box may be reported as two classes);
-* NMS runs per class (``torchvision.ops.batched_nms``), dropping a candidate whose IoU with a
-  higher-scored candidate of the same class is ``> nms_thres``.
+* NMS runs per class, dropping a candidate whose IoU with a higher-scored candidate of the same
+  class is ``> nms_thres``: ``torchvision.ops.batched_nms`` for torch tensors (on their device),
+  OpenCV's ``cv2.dnn.NMSBoxesBatched`` (the same greedy rule, in C++) for numpy arrays, so the
+  OpenVINO and onnxruntime paths never import torch (seconds of start-up).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.ops import batched_nms
 
 from detkit.boxes import clip_xyxy, cxcywh_to_xyxy, unletterbox_xyxy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,53 @@ class Detections:
         return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-def _select(pred: torch.Tensor, conf_thres: float, nms_thres: float, max_det: int,
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_thres: float) -> np.ndarray:
+    """Per-class greedy NMS of xyxy ``boxes`` (K, 4): indices kept, by decreasing score, as
+    ``torchvision.ops.batched_nms`` keeps them (a candidate is dropped when its IoU with a kept one
+    of the same class is ``> iou_thres``).
+
+    OpenCV's ``NMSBoxesBatched`` does the work; boxes of zero area are kept outside it, because
+    OpenCV counts two empty boxes as overlapping fully while torchvision (and darknet) give them no
+    overlap (0 / 0), so they never suppress or get suppressed.
+    """
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    import cv2
+
+    b = np.asarray(boxes, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float32)
+    wh = b[:, 2:] - b[:, :2]
+    solid = np.flatnonzero((wh[:, 0] > 0) & (wh[:, 1] > 0))
+    keep = np.flatnonzero(~((wh[:, 0] > 0) & (wh[:, 1] > 0)))  # empty boxes: kept
+    if solid.size:
+        xywh = np.concatenate([b[solid, :2], wh[solid]], axis=1)  # OpenCV's Rect2d (x, y, w, h)
+        picked = cv2.dnn.NMSBoxesBatched(xywh, scores[solid], np.asarray(class_ids, np.int32)[solid],
+                                         -1.0, float(iou_thres))  # no score filter here
+        keep = np.concatenate([keep, solid[np.asarray(picked, dtype=np.int64).reshape(-1)]])
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def _select_numpy(pred: np.ndarray, conf_thres: float, nms_thres: float, max_det: int,
+                  max_candidates: int) -> Detections:
+    """:func:`_select` for a numpy (R, 5 + C) float32 array."""
+    scores = pred[:, 4:5] * pred[:, 5:]
+    rows, cls = np.nonzero(scores > conf_thres)
+    cand = scores[rows, cls]
+    if cand.size > max_candidates:
+        top = np.argpartition(-cand, max_candidates - 1)[:max_candidates]
+        rows, cls, cand = rows[top], cls[top], cand[top]
+    boxes = cxcywh_to_xyxy(pred[rows, :4])
+    keep = nms_numpy(boxes, cand, cls, nms_thres)[:max_det]
+    return Detections(boxes=boxes[keep].astype(np.float32), scores=cand[keep].astype(np.float32),
+                      class_ids=cls[keep].astype(np.int64))
+
+
+def _select(pred: "torch.Tensor", conf_thres: float, nms_thres: float, max_det: int,
             max_candidates: int) -> Detections:
     """One image: pred (R, 5 + C) -> Detections in the same pixels as pred."""
+    import torch
+    from torchvision.ops import batched_nms
+
     scores = pred[:, 4:5] * pred[:, 5:]  # (R, C) objectness * class probability
     rows, cls = torch.nonzero(scores > conf_thres, as_tuple=True)  # candidates (box, class)
     cand_scores = scores[rows, cls]
@@ -67,14 +115,14 @@ def _select(pred: torch.Tensor, conf_thres: float, nms_thres: float, max_det: in
     )
 
 
-def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float = 0.45,
+def postprocess(pred: "torch.Tensor | np.ndarray", conf_thres: float = 0.25, nms_thres: float = 0.45,
                 max_det: int = 300, max_candidates: int = 30000) -> list[Detections]:
     """Threshold and NMS the model's eval output.
 
     Args:
         pred: (N, R, 5 + C) eval-mode model output (cx, cy, w, h in network-input pixels,
-            objectness probability, class probabilities). Any float dtype, any device; the work
-            stays on that device (in float32).
+            objectness probability, class probabilities): a torch tensor of any float dtype on any
+            device (the work stays on that device, in float32), or a numpy array.
         conf_thres: keep (box, class) pairs with objectness * p(class) > conf_thres.
         nms_thres: per-class NMS IoU threshold (a candidate overlapping a better one of the same
             class by IoU > nms_thres is dropped).
@@ -89,6 +137,9 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
         raise ValueError(f"conf_thres must be in [0, 1), got {conf_thres}")
     if not 0.0 < nms_thres <= 1.0:
         raise ValueError(f"nms_thres must be in (0, 1], got {nms_thres}")
+    if isinstance(pred, np.ndarray):
+        arr = pred.astype(np.float32, copy=False)
+        return [_select_numpy(p, conf_thres, nms_thres, max_det, max_candidates) for p in arr]
     pred = pred.detach().float()
     return [_select(p, conf_thres, nms_thres, max_det, max_candidates) for p in pred]
 
