@@ -25,7 +25,7 @@ from detkit.infer.draw import draw_detections
 from detkit.infer.backends import choose_backend, cpu_features, weights_kind
 from detkit.infer.loading import load_darknet_openvino, load_model, load_onnx_model, load_openvino_model
 from detkit.infer.onnxrt import META_RESIZE, onnx_is_quantized
-from detkit.infer.predict import Predictor, parse_img_size, resolve_device
+from detkit.infer.predict import Predictor, parse_img_size, resolve_device_type
 from detkit.infer.sources import collect_sources, is_video
 from detkit.infer.writers import (detection_entries, detection_table, entries_json, label_stem, open_video_writer,
                                   output_name, yolo_prediction_lines)
@@ -85,7 +85,7 @@ def run_detect(opts: DetectOptions, echo: Callable[[str], None] = print,
         raise DataError("--compile applies to the fast path; drop --no-fast")
     try:
         img_size = parse_img_size(opts.img_size) if opts.img_size is not None else None
-        device = resolve_device(opts.device)
+        device = resolve_device_type(opts.device)
     except (ValueError, RuntimeError) as exc:
         raise DataError(f"{exc}") from None
     names = read_names(opts.names)
@@ -102,7 +102,7 @@ def run_detect(opts: DetectOptions, echo: Callable[[str], None] = print,
         raise DataError(f"--out is a folder holding input {'videos' if video else 'images'}; annotated "
                         "output would overwrite them (choose another --out, or --no-images)", path=out_dir)
 
-    model, backend_line = load_detect_model(opts, weights, names, device.type, img_size)
+    model, backend_line = load_detect_model(opts, weights, names, device, img_size)
     echo(backend_line)
     try:
         predictor = Predictor(model, img_size=img_size, conf=opts.conf, nms=opts.nms,

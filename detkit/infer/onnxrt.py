@@ -19,10 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-from torch import nn
 
 from detkit.errors import WeightsError
+from detkit.infer.backends import default_threads
+from detkit.infer.engine_model import EngineModel
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +65,21 @@ class OnnxInfo:
         return f"{self.runtime}, {self.precision}, {self.threads} threads, {batch}, cpu ({Path(self.path).name})"
 
 
-class OnnxModel(nn.Module):
+class OnnxModel(EngineModel):
     """An exported detkit ONNX file run by onnxruntime (see the module docstring).
 
     Args:
         path: the ``.onnx`` file.
-        threads: onnxruntime's intra-op threads (default: ``torch.get_num_threads()``).
+        threads: onnxruntime's intra-op threads (default :func:`~detkit.infer.backends.default_threads`).
 
     Raises:
         WeightsError: onnxruntime missing, a file that is not a loadable ONNX model, or one that is
             not a detkit detector (one 4-D float input with fixed H, W; one (N, R, 5 + C) output).
     """
 
+    engine = "ONNX"
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        super().__init__()
         p = Path(path)
         if not p.is_file():
             raise WeightsError("ONNX model not found", path=p)
@@ -87,7 +88,7 @@ class OnnxModel(nn.Module):
         except ImportError:
             raise WeightsError("running an .onnx model needs onnxruntime (pip install onnxruntime)",
                                path=p) from None
-        threads = int(threads or torch.get_num_threads())
+        threads = int(threads or default_threads())
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -123,7 +124,6 @@ class OnnxModel(nn.Module):
         self.metadata = meta
         precision = meta.get(META_PRECISION) or self._guess_precision(p)
         self.fast_info = OnnxInfo(str(p), precision, threads, f"onnxruntime {ort.__version__}", self.fixed_batch)
-        self.eval()
 
     @staticmethod
     def _guess_precision(path: Path) -> str:
@@ -134,16 +134,6 @@ class OnnxModel(nn.Module):
     def fixed_input_size(self) -> tuple[int, int]:
         """(W, H) the file was exported for (the only size it takes)."""
         return int(self.net.width), int(self.net.height)
-
-    def train(self, mode: bool = True) -> "OnnxModel":
-        if mode:
-            raise RuntimeError("an ONNX model is inference-only")
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` float in [0, 1] (any memory format) -> ``(N, R, 5 + C)`` float32 (CPU)."""
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.forward_numpy(arr))
 
     def forward_numpy(self, arr: np.ndarray) -> np.ndarray:
         """The same on numpy: C-contiguous float32 ``(N, C, H, W)`` -> float32 ``(N, R, 5 + C)``.

@@ -26,10 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-from torch import nn
 
 from detkit.errors import WeightsError
+from detkit.infer.engine_model import EngineModel
 from detkit.infer.backends import cpu_features, default_precision, default_threads
 from detkit.infer.onnxrt import META_PRECISION
 
@@ -134,7 +133,7 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-class OpenVinoModel(nn.Module):
+class OpenVinoModel(EngineModel):
     """An exported detkit model run by OpenVINO (see the module docstring).
 
     Args:
@@ -149,9 +148,10 @@ class OpenVinoModel(nn.Module):
             (N, R, 5 + C) output).
     """
 
+    engine = "OpenVINO"
+
     def __init__(self, path: str | os.PathLike, precision: str = "auto", threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        super().__init__()
         p = Path(path)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -205,7 +205,6 @@ class OpenVinoModel(nn.Module):
         hint_name = "bf16" if ("bf16" in compiled_hint.lower() or "bfloat16" in compiled_hint.lower()) else "fp32"
         self.fast_info = OpenVinoInfo(str(p), "int8" if int8 else hint_name, hint_name, self.threads,
                                       f"openvino {openvino_version()}", self.fixed_batch, compile_s)
-        self.eval()
 
     def _check_io(self, model, p: Path) -> None:
         inputs, outputs = model.inputs, model.outputs
@@ -248,16 +247,6 @@ class OpenVinoModel(nn.Module):
     def fixed_input_size(self) -> tuple[int, int]:
         """(W, H) the file was exported for (the only size it takes)."""
         return int(self.net.width), int(self.net.height)
-
-    def train(self, mode: bool = True) -> "OpenVinoModel":
-        if mode:
-            raise RuntimeError("an OpenVINO model is inference-only")
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` float in [0, 1] (any memory format) -> ``(N, R, 5 + C)`` float32 (CPU)."""
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.forward_numpy(arr))
 
     def forward_numpy(self, arr: np.ndarray) -> np.ndarray:
         """C-contiguous float32 ``(N, C, H, W)`` -> float32 ``(N, R, 5 + C)`` (no PyTorch op runs)."""

@@ -11,22 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from detkit.data.images import letterbox as letterbox_image
 from detkit.data.images import read_image, resize_darknet
 from detkit.errors import ImageError
 from detkit.yolo.postprocess import Detections, postprocess, unletterbox_detections, unresize_detections
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,29 @@ def parse_img_size(value: int | str | Sequence[int]) -> tuple[int, int]:
     return nums[0], nums[1]
 
 
+def cuda_possible() -> bool:
+    """False when this machine surely has no CUDA device (Linux without an NVIDIA driver, macOS),
+    decided without importing torch; True means "ask torch"."""
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
+    return True
+
+
+def resolve_device_type(device: str | torch.device) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; ``"cpu"`` as is; other devices as
+    given (checked by :func:`resolve_device`). torch is imported only when CUDA is possible."""
+    text = str(device)
+    if text == "cpu" or (text == "auto" and not cuda_possible()):
+        return "cpu"
+    return str(resolve_device(device))
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> cuda when available else cpu; anything else as given (cuda must exist)."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -178,8 +202,14 @@ class Predictor:
         if not 0.0 < nms <= 1.0:
             raise ValueError(f"NMS threshold must be in (0, 1], got {nms}")
         self.conf, self.nms, self.letterbox, self.max_det = conf, nms, letterbox, max_det
-        self.device = resolve_device(device)
         self.fast = fast
+        self._numpy = hasattr(model, "forward_numpy")  # onnxruntime / OpenVINO: numpy in, numpy out
+        if self._numpy:
+            if resolve_device_type(device) != "cpu":
+                raise ValueError(f"an exported model runs on the CPU, not on {device}")
+            self.device = "cpu"
+        else:
+            self.device = resolve_device(device)
         if getattr(model, "fast_info", None) is not None:
             # already built for inference (an optimize_for_inference model, an ONNX model run by
             # onnxruntime): used as it is, on its own device
@@ -219,12 +249,19 @@ class Predictor:
             return out, InputTransform("letterbox", w, h, self.input_size, scale, pad_x, pad_y)
         return resize_darknet(img, self.input_size), InputTransform("resize", w, h, self.input_size)
 
-    @torch.inference_mode()
     def _run(self, batch: list[np.ndarray], transforms: list[InputTransform]) -> list[Detections]:
-        if hasattr(self.model, "forward_numpy"):  # onnxruntime: the input is made in numpy
-            pred = torch.from_numpy(self.model.forward_numpy(_nchw_float(batch)))
+        if self._numpy:  # onnxruntime / OpenVINO: input, output and NMS in numpy, torch never imported
+            pred = self.model.forward_numpy(_nchw_float(batch))
             dets = postprocess(pred, self.conf, self.nms, self.max_det)
             return [t.to_original(d) for t, d in zip(transforms, dets)]
+        import torch
+
+        with torch.inference_mode():
+            return self._run_torch(batch, transforms)
+
+    def _run_torch(self, batch: list[np.ndarray], transforms: list[InputTransform]) -> list[Detections]:
+        import torch
+
         x = torch.from_numpy(np.stack(batch)).to(self.device)  # (N, H, W, 3) uint8 or float [0, 1]
         x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last in memory (no copy)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # [0, 1], layout kept
