@@ -194,6 +194,46 @@ def test_detect_names_the_backend_and_caches_the_conversion(tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
 
 
+_RUN_CLI = ("import sys\nfrom detkit.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('TORCH_IMPORTED', 'torch' in sys.modules, 'torchvision' in sys.modules, 'RC', rc)\n")
+
+
+def _cli_imports_torch(argv: list[str]) -> tuple[bool, str]:
+    """Run ``detkit ARGV`` in a fresh interpreter; (whether torch got imported, its stdout)."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *argv], capture_output=True, text=True, check=True)
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "TORCH_IMPORTED" and last[-1] == "0", proc.stdout + proc.stderr
+    return last[1] == "True" or last[2] == "True", proc.stdout
+
+
+def test_openvino_detect_never_imports_torch(tmp_path):
+    """Start-up is part of what a user waits for: torch + torchvision cost seconds to import. An IR,
+    and a cfg + weights whose IR is cached, are detected with numpy, OpenCV and OpenVINO only; the
+    first conversion (and ``--backend torch``) do import torch; ``detkit --help`` never does."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_tiny_model(folder, head_bias=[2.0, 1.0, -1.0])
+    (folder / "two.names").write_text("a\nb\n")
+    imgs = disc_images(tmp_path / "imgs", 3, size=(64, 64))
+    src = ["--source", str(imgs[0].parent), "--no-images", "--conf", "0.3", "--device", "auto"]
+    first, out = _cli_imports_torch(detect_argv(folder, tmp_path / "a", *src))
+    assert first and out.startswith("backend: openvino")  # converted: PyTorch built the model
+    again, _ = _cli_imports_torch(detect_argv(folder, tmp_path / "b", *src))
+    assert not again  # the cached IR
+    assert (tmp_path / "a" / "detections.json").read_bytes() == (tmp_path / "b" / "detections.json").read_bytes()
+    xml = next((cache_root() / "ir").glob("*.xml"))
+    ir_run, _ = _cli_imports_torch(["detect", "--weights", str(xml), "--names", str(folder / "two.names"),
+                                    "--out", str(tmp_path / "c"), *src])
+    assert not ir_run
+    assert json.loads((tmp_path / "c" / "detections.json").read_text()) == \
+        json.loads((tmp_path / "a" / "detections.json").read_text())
+    torch_run, _ = _cli_imports_torch(detect_argv(folder, tmp_path / "d", *src, "--backend", "torch"))
+    assert torch_run
+    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom detkit.cli import build_parser\nbuild_parser()\n"
+                           "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["False"]
+
+
 def test_cli_export_openvino_and_int8(tmp_path, capsys):
     folder = tmp_path / "m"
     folder.mkdir()

@@ -2,7 +2,9 @@
 
 Thin layer: each subcommand lives in its own module here (``<name>_cmd.py``) exposing
 ``add_parser(subparsers)``, which registers the parser and sets ``func(args) -> int``.
-This package is the only place that configures logging; nothing imports it.
+This package is the only place that configures logging and the OpenMP wait policy
+(:func:`~detkit.infer.backends.configure_thread_pools`); nothing imports it. Building the parser
+imports no engine: torch, onnxruntime and OpenVINO load when a command needs them.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detkit.infer.backends import configure_thread_pools
+
+    configure_thread_pools()  # before anything imports torch (nothing above does)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

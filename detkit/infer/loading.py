@@ -188,7 +188,7 @@ def load_darknet_openvino(cfg: str | os.PathLike, weights: str | os.PathLike, nu
                           img_size: tuple[int, int] | None = None, *, precision: str = "auto",
                           names_file: str | os.PathLike | None = None, classes_hint: str = ""):
     """A cfg + darknet ``.weights`` run by OpenVINO: the float32 IR is converted once and cached
-    (:func:`~detkit.infer.openvino_export.cached_ir`), so later runs neither build the PyTorch model
+    (:func:`~detkit.infer.ir_cache.cached_ir`), so later runs neither build the PyTorch model
     nor convert it. ``img_size`` (W, H) defaults to the cfg's ``[net]`` size. Returns
     ``(model, cached)``.
 
@@ -197,7 +197,7 @@ def load_darknet_openvino(cfg: str | os.PathLike, weights: str | os.PathLike, nu
     """
     from detkit.darknet.cfg import resolve_cfg
     from detkit.darknet.specs import parse_network
-    from detkit.infer.openvino_export import cached_ir, ir_cache_key
+    from detkit.infer.ir_cache import cached_ir, ir_cache_key
     from detkit.infer.openvino_model import OpenVinoModel
 
     w = Path(weights)

@@ -11,14 +11,12 @@
   the head convolutions unless asked, the first ``fp32_first`` convolutions), per-channel int8
   weights and activation ranges from the mean of each image's min and max (NNCF's default
   estimator, like ``--calib-method average``).
-* :func:`cached_ir` is what ``detect --backend openvino`` runs for a cfg + darknet weights: the
-  float32 IR, converted once and kept under ``~/.cache/detkit/ir`` keyed by the cfg text, the
-  weights' content, the class count and the input size.
+
+The cache of converted cfg + weights files is :mod:`detkit.infer.ir_cache` (torch-free).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -31,14 +29,13 @@ from detkit.darknet.model import DarknetModel
 from detkit.errors import ImageError
 from detkit.infer.export import DEFAULT_OPSET, onnx_bytes
 from detkit.infer.onnxrt import META_CALIBRATION, META_FP32_LAYERS, META_PRECISION, META_RESIZE
-from detkit.infer.openvino_model import cache_root, openvino_core, write_metadata
+from detkit.infer.openvino_model import openvino_core, write_metadata
 from detkit.infer.quantize import (DEFAULT_CALIBRATION_IMAGES, QuantizeResult, calibration_tensor,
                                    fp32_layer_indices, nodes_to_keep_float)
 
 log = logging.getLogger(__name__)
 
 #: bump when the IR detkit writes changes, so cached conversions are redone
-IR_VERSION = "1"
 
 
 def _ov_model(model: DarknetModel, size: tuple[int, int], dynamic_batch: bool, opset: int):
@@ -140,28 +137,3 @@ def quantize_openvino_int8(model: DarknetModel, path: str | os.PathLike, calibra
     nbytes = _save(quantized, p)
     return QuantizeResult(p, size, dynamic_batch, len(tensors), tuple(skipped), fp32_layers, n_quant, nbytes,
                           time.perf_counter() - t0)
-
-
-def ir_cache_key(cfg_text: str, weights: str | os.PathLike, num_classes: int, img_size: tuple[int, int]) -> str:
-    """Hex key of a cfg + weights conversion: cfg text, weights bytes, class count, input size."""
-    import openvino as ov
-
-    h = hashlib.sha256()
-    for part in (IR_VERSION, ov.__version__, cfg_text, str(num_classes), f"{img_size[0]}x{img_size[1]}"):
-        h.update(part.encode("utf-8") + b"\0")
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
-
-
-def cached_ir(key: str, build: Callable[[], DarknetModel], img_size: tuple[int, int],
-              folder: str | os.PathLike | None = None) -> tuple[Path, bool]:
-    """The float32 IR for ``key`` under ``folder`` (default ``cache_root() / "ir"``), converting
-    ``build()``'s model when it is not there yet. Returns (path, True when it was cached)."""
-    base = Path(folder) if folder is not None else cache_root() / "ir"
-    path = base / f"{key}.xml"
-    if path.is_file() and path.with_suffix(".bin").is_file():
-        return path, True
-    export_openvino(build(), path, img_size, dynamic_batch=True)
-    return path, False
