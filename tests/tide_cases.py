@@ -51,7 +51,7 @@ def case_tables(n_img, C, gts, dets) -> tuple[GTTable, DetTable]:
 
 def run_tidecv(n_img, C, gts, dets, max_dets: int = 100):
     """tidecv's numbers for a case: (AP, {main type: dAP}, {special: dAP}, {type: count}), percent."""
-    from tidecv import TIDE, Data
+    from tidecv import Data
 
     g = Data("gt", max_dets=max_dets)
     p = Data("pred")

@@ -230,7 +230,7 @@ def coco_evaluate(gt: GTTable, dt: DetTable, num_classes: int) -> CocoResult:
     out_e = d_out[:, eo]  # (A, D)
     cp = pos_in_eval[cdets]  # candidates were drawn from the kept detections: all >= 0
     co = np.argsort(cp)
-    cp_s, cd_s = cp[co], cdets[co]  # candidates in evaluation order
+    cp_s = cp[co]  # candidates in evaluation order
     if n_c:
         matched = match >= 0
         mg = np.where(matched, match, 0)

@@ -194,9 +194,9 @@ def tide_errors(gt: GTTable, dt: DetTable, num_classes: int, pos_thresh: float =
             ignored[d[iou > pos_thresh]] = True
     # --- error types of the unmatched detections
     m_cls, f_cls = seg_argmax(pd[same], pi[same], K)
-    pd_s, pg_s = pd[same], pg[same]
+    pg_s = pg[same]
     m_non, f_non = seg_argmax(pd[~same], pi[~same], K)
-    pd_n, pg_n = pd[~same], pg[~same]
+    pg_n = pg[~same]
     us = same & used[pg]
     m_used, _ = seg_argmax(pd[us], pi[us], K)
     m_any = np.maximum(m_cls, m_non)

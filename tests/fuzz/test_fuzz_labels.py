@@ -2,7 +2,6 @@
 ``data.yaml``. Each either reads or raises a DetkitError with a one-line message."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 

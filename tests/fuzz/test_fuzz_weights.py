@@ -6,7 +6,6 @@ Each load either works or raises WeightsError (one line); memory stays bounded b
 """
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest

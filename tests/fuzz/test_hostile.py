@@ -5,7 +5,6 @@ test_convert.py, test_checkpoint.py, test_images.py) with the variants they do n
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zlib
@@ -22,7 +21,7 @@ from detkit.convert.options import ConvertOptions
 from detkit.convert.voc_to_yolo import convert_voc
 from detkit.data.datafiles import load_data_config, read_list_file
 from detkit.data.images import read_image, read_image_size
-from detkit.data.voc import parse_voc_annotation, read_voc_annotation
+from detkit.data.voc import parse_voc_annotation
 from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from detkit.evaluate.ground_truth import load_ground_truth
 from detkit.errors import AnnotationError, DataError, DetkitError, ImageError, TrainError
@@ -155,7 +154,7 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
         lines.append(f"{c}: &{c} [" + ",".join(["*" + prev] * 10) + "]")
         prev = c
     for key in ("names", "train"):
-        body = "\n".join(lines) + (f"\nnames: *i\ntrain: t.txt\n" if key == "names" else "\nnames: [a]\ntrain: *i\n")
+        body = "\n".join(lines) + ("\nnames: *i\ntrain: t.txt\n" if key == "names" else "\nnames: [a]\ntrain: *i\n")
         p = tmp_path / f"{key}.yaml"
         p.write_text(body)
         with fuzzlib.measure_memory() as mem:
