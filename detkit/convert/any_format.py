@@ -17,11 +17,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from detkit.convert.coco_input import coco_files, read_coco_source
+from detkit.convert.fastlabels import label_lines
 from detkit.convert.layouts import WRITERS, keep_box
 from detkit.convert.options import ClassStats, ConvertResult, DatasetOptions
 from detkit.convert.output import REPORT_NAME, build_out, check_paths, rename_map_text, write_text
-from detkit.convert.records import ReportLog, SourceImage
+from detkit.convert.records import BoxTable, ReportLog, SourceImage
 from detkit.convert.splits import assign_splits
 from detkit.convert.voc_to_yolo import EXT_ALIASES
 from detkit.convert.xml_input import read_voc_source
@@ -66,6 +69,53 @@ def _output_names(items: list[SourceImage], to: str) -> dict[str, str]:
     return {it.image_rel: mapping[it.logical] for it in items} | {k: v for k, v in mapping.items() if k.endswith("/")}
 
 
+def _table_known(table: BoxTable, classes: tuple[str, ...]) -> tuple[Counter, dict]:
+    """Class filtering on a :class:`BoxTable` (what the SourceBox path does box by box): objects of
+    classes outside ``classes`` counted by name and left out; the rest's class ids in ``classes``."""
+    index = {n: k for k, n in enumerate(classes)}
+    remap = np.array([index.get(n, -1) for n in table.names], np.int64)
+    oc = remap[table.cls]
+    known = oc >= 0
+    unknown = Counter()
+    for c, n in enumerate(np.bincount(table.cls[~known], minlength=len(table.names)).tolist()):
+        if n:
+            unknown[table.names[c]] = n
+    item = table.item_index()
+    keep = np.flatnonzero(known)
+    return unknown, {"cls": oc[keep], "item": item[keep], "difficult": table.difficult[keep],
+                     "crowd": table.crowd[keep], "x1": table.x1[keep], "y1": table.y1[keep],
+                     "x2": table.x2[keep], "y2": table.y2[keep]}
+
+
+def _table_yolo(tab: dict, items: list[SourceImage], classes: tuple[str, ...], opts: DatasetOptions,
+                counters: Counter):
+    """YOLO output from the known objects of a :class:`BoxTable` (``tab``, from :func:`_table_known`):
+    :func:`keep_box`'s rule and counters, the per-class counts and each image's label text
+    (:func:`detkit.convert.fastlabels.label_lines`), all column-wise."""
+    diff, crowd = tab["difficult"], tab["crowd"]
+    counters["difficult"] += int(diff.sum())
+    counters["crowd_skipped"] += int(crowd.sum())
+    keep = ~crowd
+    if opts.difficult == "skip":
+        counters["difficult_skipped"] += int((keep & diff).sum())
+        keep &= ~diff
+    c, it_k = tab["cls"][keep], tab["item"][keep]
+    n_cls = len(classes)
+    n_obj = np.bincount(c, minlength=n_cls).tolist()
+    n_img = np.bincount(np.unique(it_k * n_cls + c) % n_cls, minlength=n_cls).tolist() if n_cls else []
+    n_diff = np.bincount(tab["cls"][diff], minlength=n_cls).tolist()
+    per_class = {n: ClassStats(n_img[k], n_obj[k], n_diff[k]) for k, n in enumerate(classes)}
+    per_item = np.bincount(it_k, minlength=len(items))
+    sizes = np.array([(it.width, it.height) for it in items], np.float64).reshape(len(items), 2)[it_k]
+    blob, line_off = label_lines(c, tab["x1"][keep], tab["y1"][keep], tab["x2"][keep], tab["y2"][keep],
+                                 sizes[:, 0], sizes[:, 1])
+    first = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(per_item, out=first[1:])
+    byte_off = line_off[first].tolist()
+    texts = {id(it): blob[byte_off[k]:byte_off[k + 1]] for k, it in enumerate(items)}
+    return {}, texts, per_class, int(keep.sum()), int((per_item == 0).sum())
+
+
 def _strict(opts: DatasetOptions, logs: ReportLog, src: Path) -> None:
     if opts.strict and (logs.warnings or logs.skipped):
         first = (logs.warnings + logs.skipped)[0]
@@ -102,19 +152,28 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
     logs, counters = ReportLog(), Counter()
     got = READERS[fmt](src, opts, logs, counters)
     items = got.items
+    table = got.table
+    if table is not None and opts.to != "yolo":  # the COCO and VOC writers take SourceBox lists
+        table.materialise(items)
+        table = None
     if opts.names is not None:
         classes = tuple(opts.names)
     elif got.classes is not None:
         classes = got.classes
+    elif table is not None:
+        classes = tuple(sorted({table.names[c] for c in set(table.cls.tolist())}))
     else:
         classes = tuple(sorted({b.name for it in items for b in it.boxes}))
-    known, unknown = set(classes), Counter()
-    for it in items:
-        kept_here = [b for b in it.boxes if b.name in known]
-        for b in it.boxes:
-            if b.name not in known:
-                unknown[b.name] += 1
-        it.boxes = kept_here
+    if table is not None:
+        unknown, tab = _table_known(table, classes)
+    else:
+        known, unknown = set(classes), Counter()
+        for it in items:
+            kept_here = [b for b in it.boxes if b.name in known]
+            for b in it.boxes:
+                if b.name not in known:
+                    unknown[b.name] += 1
+            it.boxes = kept_here
     for name, n in sorted(unknown.items()):
         logs.warn("", "unknown_class", f"class {name!r} is not in --names: {n} objects skipped")
     _strict(opts, logs, src)
@@ -134,14 +193,20 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
         del splits["test"]
     split_info["source"] = len(preset)
     order = sorted(items, key=lambda it: new_paths[it.image_rel])
-    kept = {id(it): [b for b in it.boxes if keep_box(b, opts.to, opts, counters)] for it in order}
-    n_img, n_obj, n_diff = Counter(), Counter(), Counter()  # one pass (classes x images was quadratic)
-    for it in order:
-        names_here = [b.name for b in kept[id(it)]]
-        n_obj.update(names_here)
-        n_img.update(set(names_here))
-        n_diff.update(b.name for b in it.boxes if b.difficult)
-    per_class = {n: ClassStats(n_img[n], n_obj[n], n_diff[n]) for n in classes}
+    if table is not None:
+        kept, texts, per_class, n_written, n_empty = _table_yolo(tab, items, classes, opts, counters)
+    else:
+        texts = None
+        kept = {id(it): [b for b in it.boxes if keep_box(b, opts.to, opts, counters)] for it in order}
+        n_img, n_obj, n_diff = Counter(), Counter(), Counter()  # one pass (classes x images was quadratic)
+        for it in order:
+            names_here = [b.name for b in kept[id(it)]]
+            n_obj.update(names_here)
+            n_img.update(set(names_here))
+            n_diff.update(b.name for b in it.boxes if b.difficult)
+        per_class = {n: ClassStats(n_img[n], n_obj[n], n_diff[n]) for n in classes}
+        n_written = sum(len(v) for v in kept.values())
+        n_empty = sum(1 for v in kept.values() if not v)
     done: dict = {}
 
     def write(path: Path, text: str) -> None:
@@ -151,8 +216,9 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
 
     def build(tmp: Path) -> None:
         tmp.mkdir(parents=True)
+        extra = {"texts": texts} if texts is not None else {}
         rows, modes = WRITERS[opts.to](tmp, order, kept, new_paths, splits, classes, opts, write, TOOL,
-                                       on_write=on_write)
+                                       on_write=on_write, **extra)
         top = "JPEGImages" if opts.to == "voc" else "images"
         folders = [("folder", k.rstrip("/"), f"{top}/" + v.rstrip("/"))
                    for k, v in sorted(new_paths.items()) if k.endswith("/")]
@@ -167,7 +233,7 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
             "splits": {s: len(v) for s, v in splits.items()},
             "split_source": split_info,
             "objects_read": counters["objects_read"],
-            "objects_written": sum(len(v) for v in kept.values()),
+            "objects_written": n_written,
             "per_class": {n: {"images": s.images, "objects": s.objects, "difficult": s.difficult}
                           for n, s in per_class.items()},
             "difficult": counters["difficult"],
@@ -178,7 +244,7 @@ def convert_dataset(src: str | os.PathLike, out: str | os.PathLike, options: Dat
             "boxes": {k: counters[k] for k in BOX_COUNTERS},
             "size_missing": counters["size_missing"],
             "label_missing": counters["label_missing"],
-            "empty_images": sum(1 for v in kept.values() if not v),
+            "empty_images": n_empty,
             "image_files": dict(sorted(modes.items())),
             **got.info,
             "warnings": logs.warnings,

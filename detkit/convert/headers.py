@@ -127,9 +127,8 @@ def check_image(path: str) -> tuple[int, int]:
     if size is None:
         size = read_image_size(path)
     if head[:2] == b"\xff\xd8":
-        sos = tail.rfind(b"\xff\xda")
-        eoi = tail.rfind(b"\xff\xd9")
-        complete = eoi >= 0 and eoi > sos
+        eoi = tail.rfind(b"\xff\xd9")  # complete: an end-of-image marker after the last start-of-scan
+        complete = eoi >= 0 and tail.find(b"\xff\xda", eoi + 1) < 0  # (no scan after it; found from the end)
     elif head[:8] == b"\x89PNG\r\n\x1a\n":
         complete = b"IEND" in tail[-64:]
     else:

@@ -3,13 +3,18 @@
 * :class:`ConvertedImage`: one converted image while OUT is being built (paths, real size, YOLO rows);
 * :class:`SourceBox`, :class:`SourceImage`: one image of any source format (``detkit convert``),
   boxes in continuous pixels;
+* :class:`BoxTable`: the boxes of all the images of a source as numpy columns (the COCO reader's
+  fast path; :meth:`BoxTable.materialise` gives the :class:`SourceBox` lists);
 * :class:`ReportLog`: the warnings and skipped files that go into ``convert_report.json``;
 * ``log``: the engine's logger (named ``detkit.convert.voc_to_yolo``, as before the modules were split).
 """
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from dataclasses import dataclass
+
+import numpy as np
 
 log = logging.getLogger("detkit.convert.voc_to_yolo")
 
@@ -65,13 +70,56 @@ class SourceImage:
 
 
 @dataclass
+class BoxTable:
+    """The boxes of ``items`` (a :class:`SourceRead`'s, in order) as columns: the boxes of item
+    ``k`` are rows ``offsets[k]:offsets[k + 1]``, in the order the reader found them; ``cls``
+    indexes ``names``. The items' own ``boxes`` lists stay empty while a table holds them."""
+
+    names: tuple[str, ...]
+    cls: np.ndarray  # (n,) int64
+    x1: np.ndarray  # (n,) float64, continuous pixels, checked and clipped
+    y1: np.ndarray
+    x2: np.ndarray
+    y2: np.ndarray
+    difficult: np.ndarray  # (n,) bool
+    crowd: np.ndarray  # (n,) bool
+    offsets: np.ndarray  # (items + 1,) int64
+
+    @staticmethod
+    def concat(tables: list["BoxTable"]) -> "BoxTable":
+        cols = {k: np.concatenate([getattr(t, k) for t in tables])
+                for k in ("cls", "x1", "y1", "x2", "y2", "difficult", "crowd")}
+        offs, base = [np.zeros(1, np.int64)], 0
+        for t in tables:
+            offs.append(t.offsets[1:] + base)
+            base += int(t.offsets[-1])
+        return BoxTable(tables[0].names, offsets=np.concatenate(offs), **cols)
+
+    def item_index(self) -> np.ndarray:
+        """Per row, the index of its item."""
+        return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+
+    def materialise(self, items: list[SourceImage]) -> None:
+        """Fill each item's ``boxes`` with :class:`SourceBox` records (what the reference reader makes)."""
+        rows = zip(self.cls.tolist(), self.x1.tolist(), self.y1.tolist(), self.x2.tolist(), self.y2.tolist(),
+                   self.difficult.tolist(), self.crowd.tolist())
+        names = self.names
+        for k, it in enumerate(items):
+            n = int(self.offsets[k + 1] - self.offsets[k])
+            it.boxes = [SourceBox(names[c], x1, y1, x2, y2, difficult=d, crowd=cr)
+                        for c, x1, y1, x2, y2, d, cr in islice(rows, n)]
+
+
+@dataclass
 class SourceRead:
     """What a source reader found: the images, the class order the source fixes (None: the sorted
-    class names), and counts for the report."""
+    class names), and counts for the report. ``table``: the boxes as columns (see
+    :class:`BoxTable`), or None when they are in the items' ``boxes`` lists."""
 
     items: list[SourceImage]
     classes: tuple[str, ...] | None
     info: dict
+    table: BoxTable | None = None
 
 
 class ReportLog:

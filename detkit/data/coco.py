@@ -22,16 +22,23 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from detkit.errors import AnnotationError
 
+import numpy as np
+
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency, json is the fallback
     orjson = None
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - msgspec is a dependency; without it every file is read entry by entry
+    msgspec = None
 
 Issue = Callable[[str, str, str], None]
 
@@ -113,9 +120,15 @@ def read_coco_file(path: Path, issue: Issue) -> CocoFile:
     for key in ("images", "annotations", "categories"):
         if not isinstance(doc.get(key), list):
             raise AnnotationError(f"no '{key}' list (not a COCO detection file)", path=path)
+    images = _read_images(doc["images"], issue)
+    categories = _read_categories(doc["categories"], path)
+    return CocoFile(images, categories, _read_annotations(doc["annotations"], issue))
+
+
+def _read_images(entries: list, issue: Issue) -> list[CocoImage]:
     images: list[CocoImage] = []
     seen: dict = {}
-    for i, im in enumerate(doc["images"]):
+    for i, im in enumerate(entries):
         where = f"images[{i}]"
         if not isinstance(im, dict) or not _id_ok(im.get("id")):
             issue(where, "bad_entry", f"expected an object with an integer or string 'id', got {im!r}"[:200])
@@ -130,9 +143,13 @@ def read_coco_file(path: Path, issue: Issue) -> CocoFile:
             continue
         seen[im["id"]] = where
         images.append(CocoImage(im["id"], fn.strip(), _number(im.get("width")), _number(im.get("height")), where))
+    return images
+
+
+def _read_categories(entries: list, path: Path) -> list[tuple[int | str, str]]:
     cats: dict = {}
     names: dict[str, int | str] = {}
-    for i, c in enumerate(doc["categories"]):
+    for i, c in enumerate(entries):
         where = f"categories[{i}]"
         if not isinstance(c, dict) or not _id_ok(c.get("id")):
             raise AnnotationError(f"{where}: expected an object with an integer or string 'id', got {c!r}"[:200],
@@ -146,12 +163,15 @@ def read_coco_file(path: Path, issue: Issue) -> CocoFile:
         cats[c["id"]] = name
         names[name] = c["id"]
     try:
-        categories = sorted(cats.items(), key=lambda kv: kv[0])
+        return sorted(cats.items(), key=lambda kv: kv[0])
     except TypeError:
         raise AnnotationError("categories mix integer and string ids", path=path) from None
+
+
+def _read_annotations(entries: list, issue: Issue) -> list[CocoAnnotation]:
     anns: list[CocoAnnotation] = []
     append = anns.append
-    for i, a in enumerate(doc["annotations"]):
+    for i, a in enumerate(entries):
         # fast path: an object with 4 finite int/float bbox values, int/str ids and plain flags
         try:
             b = a["bbox"]
@@ -183,7 +203,111 @@ def read_coco_file(path: Path, issue: Issue) -> CocoFile:
             continue
         append(CocoAnnotation(a["image_id"], a["category_id"], tuple(vals), _flag(a.get("iscrowd", 0)),
                               _flag(a.get("ignore", 0)), _flag(a.get("difficult", 0)), where))
-    return CocoFile(images, categories, anns)
+    return anns
+
+
+@dataclass(frozen=True)
+class CocoColumns:
+    """A COCO file read column-wise (:func:`read_coco_columns`): the images and categories as
+    :func:`read_coco_file` reads them, the annotations as columns in file order (entry ``i`` is
+    ``annotations[i]``); every annotation is well formed (4 finite numbers, integer/string ids,
+    integer flags)."""
+
+    images: list[CocoImage]
+    categories: list[tuple[int | str, str]]
+    image_ids: list  # int | str per annotation, as written
+    category_ids: list
+    bbox: np.ndarray  # (n, 4) float64, [x, y, w, h]
+    iscrowd: np.ndarray  # (n,) bool
+    ignore: np.ndarray
+    difficult: np.ndarray
+    image_id_array: np.ndarray | None = None  # image_ids as int64 when all are integers in int64's range
+    category_id_array: np.ndarray | None = None
+
+
+_ORJSON_INT = (-(1 << 63), 1 << 64)  # orjson reads integers outside [lo, hi) as floats
+
+
+def _id_array(ids: list, n: int) -> np.ndarray | None | bool:
+    """The ids as an int64 array when all are integers within int64 (the common case); None when
+    not, but every integer id is one orjson (the reference reader) also reads as an integer;
+    False when some integer id is not."""
+    try:
+        return np.fromiter(ids, np.int64, n)
+    except (TypeError, ValueError, OverflowError):
+        lo, hi = _ORJSON_INT
+        return None if all(type(v) is not int or lo <= v < hi for v in ids) else False
+
+
+if msgspec is not None:
+    class _Ann(msgspec.Struct, gc=False):
+        image_id: int | str
+        category_id: int | str
+        bbox: tuple[float, float, float, float]
+        iscrowd: int = 0
+        ignore: int = 0
+        difficult: int = 0
+
+    class _Doc(msgspec.Struct, gc=False):
+        images: msgspec.Raw
+        annotations: list[_Ann]
+        categories: msgspec.Raw
+
+    _DECODER = msgspec.json.Decoder(_Doc)
+    _DECODE_ERRORS: tuple = (msgspec.ValidationError, msgspec.DecodeError)
+
+
+def _flags(values: list) -> np.ndarray:
+    try:
+        return np.array(values, np.int64) != 0
+    except OverflowError:  # an integer beyond int64
+        return np.fromiter(values, bool, len(values))
+
+
+def read_coco_columns(path: Path, issue: Issue) -> CocoColumns | None:
+    """:func:`read_coco_file` for a clean file, fast: msgspec decodes the annotations into typed
+    records (no dict per annotation) that become numpy columns.
+
+    Returns None -- read the file with :func:`read_coco_file` instead, which then reports or
+    raises exactly what it always does -- when the file cannot be read, is not JSON, or holds any
+    annotation that is not an object with integer/string ``image_id``/``category_id``, a ``bbox``
+    of 4 finite numbers and integer ``iscrowd``/``ignore``/``difficult`` (when present), or an
+    integer id outside orjson's range. ``images`` and ``categories`` are parsed by orjson/json and
+    checked by the same code as :func:`read_coco_file` (same issues, same errors), so for every
+    file this returns a result for, the result holds what :func:`read_coco_file` reads.
+    One known difference: a number that overflows a double (``1e400``) inside an annotation key
+    detkit does not read (e.g. ``segmentation``) is skipped here; orjson refuses the whole file.
+    """
+    if msgspec is None:  # pragma: no cover - msgspec is a dependency
+        return None
+    try:
+        doc = _DECODER.decode(path.read_bytes())
+    except (OSError, *_DECODE_ERRORS):
+        return None
+    try:
+        raw_images = orjson.loads(bytes(doc.images)) if orjson is not None else json.loads(bytes(doc.images))
+        raw_cats = orjson.loads(bytes(doc.categories)) if orjson is not None else json.loads(bytes(doc.categories))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(raw_images, list) or not isinstance(raw_cats, list):
+        return None
+    anns = doc.annotations
+    n = len(anns)
+    image_ids = [a.image_id for a in anns]
+    category_ids = [a.category_id for a in anns]
+    image_arr, category_arr = _id_array(image_ids, n), _id_array(category_ids, n)
+    if image_arr is False or category_arr is False:
+        return None
+    bbox = np.fromiter(chain.from_iterable([a.bbox for a in anns]), np.float64, 4 * n).reshape(n, 4)
+    if not np.isfinite(bbox).all():
+        return None
+    crowd = _flags([a.iscrowd for a in anns])  # an integer flag is set when it is not 0
+    ignore = _flags([a.ignore for a in anns])
+    difficult = _flags([a.difficult for a in anns])
+    images = _read_images(raw_images, issue)
+    categories = _read_categories(raw_cats, path)
+    return CocoColumns(images, categories, image_ids, category_ids, bbox, crowd, ignore, difficult,
+                       image_arr, category_arr)
 
 
 def coco_number(v: float) -> int | float:
