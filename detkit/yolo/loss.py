@@ -23,28 +23,34 @@ derivative comes from the conv's backward pass):
 
 * objectness: ``obj_normalizer * 0.5 * (t - p)^2``; negatives ``t = 0``; a prediction whose best IoU
   with a ground truth exceeds ``ignore_thresh`` gets no loss, or with ``objectness_smooth=1`` the
-  target ``t = IoU``; positives ``t = 1`` (with ``objectness_smooth=1`` darknet only sets a positive's
-  delta when the ignore pass left it at exactly 0, so in practice it keeps the IoU target there;
-  detkit always uses 1 for positives);
+  target ``t = IoU`` (as darknet's ``best_match_iou``, only predictions with some class probability
+  above 0.25 count for this, ``compare_yolo_class``); positives ``t = 1`` (with ``objectness_smooth=1``
+  darknet only sets a positive's delta when the ignore pass left it at exactly 0, so in practice it
+  keeps the IoU target there; detkit always uses 1 for positives);
 * classes (positives): ``0.5 * sum (t_c - p_c)^2`` (darknet applies ``cls_normalizer`` only together
   with ``counters_per_class``, so plain cfgs use 1);
-* box (positives): ``iou_normalizer * (1 - IoU-family)`` with the cfg's ``iou_loss`` (iou, giou, diou,
-  ciou) on the decoded box ``x = (p_x * s - (s - 1)/2 + col) * stride``, ``w = 4 p_w^2 anchor_w``; with
-  ``iou_loss=mse``: ``iou_normalizer * 0.5 * (2 - w*h) * (t - p)^2`` against darknet's targets
-  ``t_xy = cell offset``, ``t_wh = sqrt(w / (4 anchor_w))``. (darknet feeds the IoU gradient of the box
-  corners to ``p`` without the chain-rule factors of ``w = 4 p^2 a``; the loss here is differentiated
-  exactly.)
+* box (positives): the value is ``iou_normalizer * (1 - IoU-family)`` with the cfg's ``iou_loss`` (iou,
+  giou, diou, ciou) on the decoded box ``x = (p_x * s - (s - 1)/2 + col) * stride``, ``w = 4 p_w^2
+  anchor_w``, and its gradient on ``p`` is exactly minus darknet's ``delta_yolo_box``: darknet's
+  hand-made ``dx_box_iou`` (box.c) times ``iou_normalizer``, fed to ``p`` without the chain-rule factors
+  of the decode (``w = 4 p^2 a``, ``scale_x_y``) — that is the rule these cfgs were tuned with, so
+  detkit trains with it (:func:`darknet_dx_box_iou`, a surrogate whose value is the loss and whose
+  gradient is darknet's delta). With ``iou_loss=mse``: ``iou_normalizer * 0.5 * (2 - w*h) * (t - p)^2``
+  against darknet's targets ``t_xy = cell offset``, ``t_wh = sqrt(w / (4 anchor_w))``, its gradient
+  taken on ``p`` as darknet does. tests/test_loss_new_coords.py checks every gradient entry against a
+  line-by-line Python transcription of darknet's C code.
 
 ``[region]`` (YOLOv2) heads have no training loss in detkit: :meth:`YoloLoss.from_model` refuses them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
 from detkit.boxes import cxcywh_to_xyxy
 from detkit.errors import TrainError
@@ -115,6 +121,139 @@ def batched_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     area_g = (gt[..., 2:] - gt[..., :2]).clamp_min(0).prod(dim=-1)  # (N, G)
     union = area_p[:, :, None] + area_g[:, None, :] - inter
     return inter / union.clamp_min(1e-9)
+
+
+def iou_family(pred: torch.Tensor, truth: torch.Tensor, kind: str) -> torch.Tensor:
+    """darknet's ``box_iou`` / ``box_giou`` / ``box_diou`` / ``box_ciou`` (``box.c``) of row pairs.
+
+    Args:
+        pred, truth: (M, 4) cx, cy, w, h (any common unit).
+        kind: ``iou``, ``giou``, ``diou`` or ``ciou``.
+    Returns:
+        (M,) the IoU-family value (1 = identical boxes).
+    """
+    p_l, p_r = pred[:, 0] - pred[:, 2] / 2, pred[:, 0] + pred[:, 2] / 2
+    p_t, p_b = pred[:, 1] - pred[:, 3] / 2, pred[:, 1] + pred[:, 3] / 2
+    t_l, t_r = truth[:, 0] - truth[:, 2] / 2, truth[:, 0] + truth[:, 2] / 2
+    t_t, t_b = truth[:, 1] - truth[:, 3] / 2, truth[:, 1] + truth[:, 3] / 2
+    iw = (torch.min(p_r, t_r) - torch.max(p_l, t_l)).clamp_min(0)
+    ih = (torch.min(p_b, t_b) - torch.max(p_t, t_t)).clamp_min(0)
+    inter = iw * ih
+    union = pred[:, 2] * pred[:, 3] + truth[:, 2] * truth[:, 3] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+    if kind == "iou":
+        return iou
+    cw = torch.max(p_r, t_r) - torch.min(p_l, t_l)
+    ch = torch.max(p_b, t_b) - torch.min(p_t, t_t)
+    if kind == "giou":
+        c = cw * ch
+        return torch.where(c > 0, iou - (c - union) / c.clamp_min(1e-12), iou)
+    c = cw * cw + ch * ch
+    d = ((pred[:, 0] - truth[:, 0]).square() + (pred[:, 1] - truth[:, 1]).square()) / c.clamp_min(1e-12)
+    if kind == "diou":  # darknet's box_diou: pow(d / c, 0.6)
+        return torch.where(c > 0, iou - d.clamp_min(0).pow(0.6), iou)
+    v = 4 / math.pi ** 2 * (torch.atan(truth[:, 2] / truth[:, 3]) - torch.atan(pred[:, 2] / pred[:, 3])).square()
+    alpha = v / (1 - iou + v + 0.000001)
+    return torch.where(c > 0, iou - (d + alpha * v), iou)
+
+
+def darknet_dx_box_iou(pred: torch.Tensor, truth: torch.Tensor, kind: str) -> torch.Tensor:
+    """darknet's ``dx_box_iou`` (``box.c``), vectorised: its hand-made gradient of the IoU family with
+    respect to the predicted ``(x, y, w, h)``, in the units of the boxes (darknet: relative to the input).
+
+    It is what ``delta_yolo_box`` adds (times ``iou_normalizer``) for ``iou_loss`` iou / giou / diou / ciou,
+    with darknet's own conventions: the w, h parts are ``d/dright - d/dleft`` (not halved), CIoU's aspect
+    term uses ``8 / pi^2 * (atan(gt) - atan(pred)) * h`` (the ``1 / (w^2 + h^2)`` factor dropped), and
+    boxes that do not overlap get only the GIoU / DIoU / CIoU part.
+
+    Args:
+        pred, truth: (M, 4) cx, cy, w, h.
+        kind: ``iou``, ``giou``, ``diou`` or ``ciou``.
+    Returns:
+        (M, 4) ``(dx, dy, dw, dh)``.
+    """
+    zero = torch.zeros_like(pred[:, 0])
+    one = torch.ones_like(zero)
+    top, bot = pred[:, 1] - pred[:, 3] / 2, pred[:, 1] + pred[:, 3] / 2
+    left, right = pred[:, 0] - pred[:, 2] / 2, pred[:, 0] + pred[:, 2] / 2
+    pt, pb = torch.min(top, bot), torch.max(top, bot)
+    pl, pr = torch.min(left, right), torch.max(left, right)
+    tt, tb = truth[:, 1] - truth[:, 3] / 2, truth[:, 1] + truth[:, 3] / 2
+    tl, tr = truth[:, 0] - truth[:, 2] / 2, truth[:, 0] + truth[:, 2] / 2
+    x_area = (pb - pt) * (pr - pl)
+    x_hat = (tb - tt) * (tr - tl)
+    ih = torch.min(pb, tb) - torch.max(pt, tt)
+    iw = torch.min(pr, tr) - torch.max(pl, tl)
+    inter = iw * ih
+    union = x_area + x_hat - inter
+    s = (pred[:, 0] - truth[:, 0]).square() + (pred[:, 1] - truth[:, 1]).square()
+    g_cw = torch.max(pr, tr) - torch.min(pl, tl)
+    g_ch = torch.max(pb, tb) - torch.min(pt, tt)
+    g_c = g_cw * g_ch
+    dx_t, dx_b, dx_l, dx_r = -(pr - pl), pr - pl, -(pb - pt), pb - pt
+    di_t = torch.where(pt > tt, -iw, zero)
+    di_b = torch.where(pb < tb, iw, zero)
+    di_l = torch.where(pl > tl, -ih, zero)
+    di_r = torch.where(pr < tr, ih, zero)
+    du_t, du_b, du_l, du_r = dx_t - di_t, dx_b - di_b, dx_l - di_l, dx_r - di_r
+    dc_t = torch.where(pt < tt, -g_cw, zero)
+    dc_b = torch.where(pb > tb, g_cw, zero)
+    dc_l = torch.where(pl < tl, -g_ch, zero)
+    dc_r = torch.where(pr > tr, g_ch, zero)
+    u_pos = union > 0
+    u2 = torch.where(u_pos, union * union, one)
+    p_dt = torch.where(u_pos, (union * di_t - inter * du_t) / u2, zero)
+    p_db = torch.where(u_pos, (union * di_b - inter * du_b) / u2, zero)
+    p_dl = torch.where(u_pos, (union * di_l - inter * du_l) / u2, zero)
+    p_dr = torch.where(u_pos, (union * di_r - inter * du_r) / u2, zero)
+    tb_ok, lr_ok = top < bot, left < right  # darknet's corner selection (sequential, as in C)
+    p_dt = torch.where(tb_ok, p_dt, p_db)
+    p_db = torch.where(tb_ok, p_db, p_dt)
+    p_dl = torch.where(lr_ok, p_dl, p_dr)
+    p_dr = torch.where(lr_ok, p_dr, p_dl)
+    apart = (iw <= 0) | (ih <= 0)
+    if kind == "giou":
+        c_pos = g_c > 0
+        c2 = torch.where(c_pos, g_c * g_c, one)
+        extra = [(g_c * du - union * dc) / c2 for du, dc in ((du_t, dc_t), (du_b, dc_b), (du_l, dc_l), (du_r, dc_r))]
+        p_dt, p_db, p_dl, p_dr = (torch.where(c_pos, v + e, v) for v, e in zip((p_dt, p_db, p_dl, p_dr), extra))
+        p_dt, p_db, p_dl, p_dr = (torch.where(apart, e, v) for v, e in zip((p_dt, p_db, p_dl, p_dr), extra))
+    p_dx, p_dy = p_dl + p_dr, p_dt + p_db
+    p_dw, p_dh = p_dr - p_dl, p_db - p_dt
+    if kind in ("diou", "ciou"):
+        ct = torch.min(pred[:, 1] - pred[:, 3] / 2, tt)
+        cb = torch.max(pred[:, 1] + pred[:, 3] / 2, tb)
+        cl = torch.min(pred[:, 0] - pred[:, 2] / 2, tl)
+        cr = torch.max(pred[:, 0] + pred[:, 2] / 2, tr)
+        cw, ch = cr - cl, cb - ct
+        c = cw * cw + ch * ch
+        dct_dy = torch.where(pt < tt, one, zero)
+        dct_dh = torch.where(pt < tt, -0.5 * one, zero)
+        dcb_dy = torch.where(pb > tb, one, zero)
+        dcb_dh = torch.where(pb > tb, 0.5 * one, zero)
+        dcl_dx = torch.where(pl < tl, one, zero)
+        dcl_dw = torch.where(pl < tl, -0.5 * one, zero)
+        dcr_dx = torch.where(pr > tr, one, zero)
+        dcr_dw = torch.where(pr > tr, 0.5 * one, zero)
+        dcw_dx, dcw_dw = dcr_dx - dcl_dx, dcr_dw - dcl_dw  # d Cw / dy = d Cw / dh = 0
+        dch_dy, dch_dh = dcb_dy - dct_dy, dcb_dh - dct_dh  # d Ch / dx = d Ch / dw = 0
+        c_pos = c > 0
+        cc = torch.where(c_pos, c * c, one)
+        e_dx = (2 * (truth[:, 0] - pred[:, 0]) * c - (2 * cw * dcw_dx) * s) / cc
+        e_dy = (2 * (truth[:, 1] - pred[:, 1]) * c - (2 * ch * dch_dy) * s) / cc
+        e_dw = (2 * cw * dcw_dw) * s / cc
+        e_dh = (2 * ch * dch_dh) * s / cc
+        if kind == "ciou":
+            ar = torch.atan(truth[:, 2] / truth[:, 3]) - torch.atan(pred[:, 2] / pred[:, 3])
+            v = 4 / (math.pi * math.pi) * ar * ar
+            alpha = v / (1 - inter / union + v + 0.000001)  # as in C: the raw I / U, even for apart boxes
+            e_dw = e_dw + alpha * (8 / (math.pi * math.pi) * ar * pred[:, 3])
+            e_dh = e_dh + alpha * (-8 / (math.pi * math.pi) * ar * pred[:, 2])
+        p_dx = torch.where(apart, e_dx, torch.where(c_pos, p_dx + e_dx, p_dx))
+        p_dy = torch.where(apart, e_dy, torch.where(c_pos, p_dy + e_dy, p_dy))
+        p_dw = torch.where(apart, e_dw, torch.where(c_pos, p_dw + e_dw, p_dw))
+        p_dh = torch.where(apart, e_dh, torch.where(c_pos, p_dh + e_dh, p_dh))
+    return torch.stack([p_dx, p_dy, p_dw, p_dh], dim=1)
 
 
 def _pad_per_image(targets: torch.Tensor, batch_size: int, input_wh: tuple[int, int]) -> torch.Tensor:
@@ -280,6 +419,9 @@ class YoloLoss:
             with torch.no_grad():
                 ious = batched_iou(cxcywh_to_xyxy(pbox.detach().reshape(n, -1, 4)), gt_xyxy)
                 best = ious.max(dim=2).values.reshape(n, a, h, w)
+                # darknet's best_match_iou only counts where compare_yolo_class finds a class prob > 0.25
+                if self.num_classes:
+                    best = torch.where(raw[..., 5:].detach().amax(dim=-1) > 0.25, best, torch.zeros_like(best))
             above = best > head.ignore_thresh
             if head.objectness_smooth:  # darknet: delta = obj_normalizer * (best_iou - p)
                 obj_t[above] = best[above]
@@ -291,7 +433,7 @@ class YoloLoss:
             idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
             obj_t[idx] = 1.0
             obj_w[idx] = head.obj_normalizer * pos_w
-            box = (self._new_coords_box(raw, pbox, tgt, head, input_wh) * pos_w).sum()
+            box = self._new_coords_box(raw, pbox, tgt, head, input_wh, pos_w).sum()
             cls_t = F.one_hot(tgt.cls, self.num_classes).to(torch.float32)
             cls = ((0.5 * (cls_t - raw[idx][:, 5:]).square()).sum(dim=1) * pos_w).sum()
         obj = (0.5 * obj_w * (obj_t - p_obj).square()).sum()
@@ -299,29 +441,32 @@ class YoloLoss:
 
     @staticmethod
     def _new_coords_box(raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets, head: HeadParams,
-                        input_wh: tuple[int, int]) -> torch.Tensor:
-        """(M,) box term of each positive of a ``new_coords`` head."""
+                        input_wh: tuple[int, int], pos_w: torch.Tensor) -> torch.Tensor:
+        """(M,) box term of each positive of a ``new_coords`` head: its value is the cfg's ``iou_loss``
+        (times ``iou_normalizer`` and the class weight), its gradient on the raw probabilities ``p`` is
+        minus darknet's ``delta_yolo_box`` (module docstring)."""
         idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
-        if head.iou_loss == "mse":
-            scale = 2.0 - (tgt.box[:, 2] / input_wh[0]) * (tgt.box[:, 3] / input_wh[1])
-            t_wh = torch.sqrt(tgt.box[:, 2:4] / (4.0 * tgt.anchor_wh))
-            t = torch.cat([tgt.cell_xy, t_wh], dim=1)  # darknet's new_coords mse targets
-            return head.iou_normalizer * 0.5 * scale * (t - raw[idx][:, 0:4]).square().sum(dim=1)
-        p_xyxy = cxcywh_to_xyxy(pbox[idx])
-        t_xyxy = cxcywh_to_xyxy(tgt.box)
-        if head.iou_loss == "giou":
-            term = generalized_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
-        elif head.iou_loss == "diou":
-            term = distance_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
-        elif head.iou_loss == "ciou":
-            term = complete_box_iou_loss(p_xyxy, t_xyxy, reduction="none")
-        else:  # iou
-            lt = torch.max(p_xyxy[:, :2], t_xyxy[:, :2])
-            rb = torch.min(p_xyxy[:, 2:], t_xyxy[:, 2:])
-            inter = (rb - lt).clamp_min(0).prod(dim=1)
-            union = (p_xyxy[:, 2:] - p_xyxy[:, :2]).prod(dim=1) + (t_xyxy[:, 2:] - t_xyxy[:, :2]).prod(dim=1) - inter
-            term = 1.0 - inter / union.clamp_min(1e-9)
-        return head.iou_normalizer * term
+        p = raw[idx][:, 0:4]  # (M, 4) the conv's logistic outputs, with gradient
+        weight = head.iou_normalizer * pos_w  # darknet: iou_normalizer * class_multiplier
+        with torch.no_grad():
+            if head.iou_loss == "mse":
+                scale = 2.0 - (tgt.box[:, 2] / input_wh[0]) * (tgt.box[:, 3] / input_wh[1])
+                s = head.scale_x_y
+                xy = p[:, 0:2] * s - (s - 1.0) / 2.0  # darknet's output after scal_add
+                t_wh = torch.sqrt(tgt.box[:, 2:4] / (4.0 * tgt.anchor_wh))
+                diff = torch.cat([tgt.cell_xy - xy, t_wh - p[:, 2:4]], dim=1)  # darknet's new_coords mse targets
+                delta = (weight * scale)[:, None] * diff
+                value = 0.5 * weight * scale * diff.square().sum(dim=1)
+            else:
+                wh_in = torch.tensor([float(input_wh[0]), float(input_wh[1])] * 2, device=p.device)
+                pred = pbox[idx].detach() / wh_in  # (M, 4) cx, cy, w, h relative to the input, as darknet
+                truth = tgt.box / wh_in
+                value = weight * (1.0 - iou_family(pred, truth, head.iou_loss))
+                pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
+                delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
+                delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)  # darknet's fix_nan_inf
+        surrogate = -(delta * p).sum(dim=1)  # d/dp = -delta
+        return value + (surrogate - surrogate.detach())
 
     def _box_term(self, raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets,
                   stride: tuple[float, float], head: HeadParams, input_wh: tuple[int, int]) -> torch.Tensor:
