@@ -237,7 +237,7 @@ def main(argv=None) -> int:
         g0 = load_ground_truth(gt_path)
         d0, v0, names0 = load_predictions(dt_path, g0)
         gt_t, dt_t, _ = prepare_tables(g0, d0, v0, "voc")
-        t_voc_eval, _ = timed(lambda: evaluate(gt_t, dt_t, names0, metric="voc"), args.repeat)
+        t_voc_eval, _ = timed(lambda g=gt_t, d=dt_t: evaluate(g, d, names0, metric="voc"), args.repeat)
         del g0, d0, gt_t, dt_t
         print(f"\n{'detkit eval --metric voc':<28} {t_voc:>8.2f}  mAP@.5 {vrep.map:.6f}  "
               f"(evaluation alone {t_voc_eval:.2f} s)")
