@@ -14,13 +14,19 @@ non-contiguous ids 1..90, a third of the file names Chinese) and the real JPEG f
   from its description, not copied: ultralytics is AGPL and not installed offline) and one label
   file per image;
 * ``loop_python``: the same with plain Python floats (no numpy per annotation);
+* ``floor``: the least work that turns this JSON into label files: msgspec's typed decode of only
+  the fields used (``image_id``, ``category_id``, ``bbox``; width/height trusted), numpy grouping
+  by image, all lines formatted at once (detkit's ``label_lines``), one ``os.open``/``os.write`` per
+  label file. No checks, no images, no lists, no report;
 * ``ultralytics``: ``ultralytics.data.converter.convert_coco(labels_dir, save_dir, cls91to80=False)``
   when ultralytics can be imported (it is not a detkit dependency; e.g.
   ``pip install --no-deps --target /tmp/ultra ultralytics`` then ``PYTHONPATH=/tmp/ultra``);
   left out otherwise.
 
-The loops write only label files (no images, lists, names or report) and trust the JSON's
-width/height. Prints the CPU model and flags, each repeat, and per contender the median and the
+The loops and the floor write only label files (no images, lists, names or report) and trust the
+JSON's width/height. Each repeat also times parsing alone (``json.loads``, ``orjson.loads``,
+msgspec typed) on the bytes in memory. ``--workdir`` on a tmpfs (``/dev/shm/...``) takes the
+disk's file-creation latency (shared, very variable on a VM) out of every contender. Prints the CPU model and flags, each repeat, and per contender the median and the
 spread (min..max) of annotations per second, and detkit's speed-up over each loop.
 """
 from __future__ import annotations
@@ -36,12 +42,15 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from itertools import chain
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from PIL import Image
 
 from detkit.convert.any_format import convert_dataset
+from detkit.convert.fastlabels import label_lines
 from detkit.convert.options import DatasetOptions
 
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # COCO's 80 ids
@@ -143,6 +152,78 @@ def loop_python(jf: Path, out: Path) -> int:
     return n
 
 
+class _Ann(msgspec.Struct, gc=False):
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]
+    iscrowd: int = 0
+
+
+class _Img(msgspec.Struct, gc=False):
+    id: int
+    file_name: str
+    width: int
+    height: int
+
+
+class _Cat(msgspec.Struct, gc=False):
+    id: int
+
+
+class _Doc(msgspec.Struct, gc=False):
+    images: list[_Img]
+    annotations: list[_Ann]
+    categories: list[_Cat]
+
+
+class _AnnOnly(msgspec.Struct, gc=False):
+    annotations: list[_Ann]
+
+
+_FLOOR_DECODER = msgspec.json.Decoder(_Doc)
+_PARSE_DECODER = msgspec.json.Decoder(_AnnOnly)
+
+
+def floor(jf: Path, out: Path) -> int:
+    doc = _FLOOR_DECODER.decode(jf.read_bytes())
+    anns = doc.annotations
+    n = len(anns)
+    box = np.fromiter(chain.from_iterable([a.bbox for a in anns]), np.float64, 4 * n).reshape(n, 4)
+    iid = np.fromiter([a.image_id for a in anns], np.int64, n)
+    cid = np.fromiter([a.category_id for a in anns], np.int64, n)
+    keep = (np.fromiter([a.iscrowd for a in anns], np.int64, n) == 0) & (box[:, 2] > 0) & (box[:, 3] > 0)
+    img_ids = np.array([im.id for im in doc.images], np.int64)
+    k = np.searchsorted(np.sort(img_ids), iid[keep])  # image ids are 1..N, sorted, here
+    cat = np.searchsorted(np.sort(np.array([c.id for c in doc.categories], np.int64)), cid[keep])
+    order = np.argsort(k, kind="stable")
+    k, cat, b = k[order], cat[order], box[keep][order]
+    wh = np.array([(im.width, im.height) for im in doc.images], np.float64)[k]
+    blob, off = label_lines(cat, b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3], wh[:, 0], wh[:, 1])
+    first = np.searchsorted(k, np.arange(len(doc.images) + 1)).tolist()
+    off = off.tolist()
+    out.mkdir(parents=True)
+    base = str(out)
+    for j, im in enumerate(doc.images):
+        fd = os.open(f"{base}/{os.path.splitext(im.file_name)[0]}.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, blob[off[first[j]]:off[first[j + 1]]])
+        os.close(fd)
+    return int(keep.sum())
+
+
+def parse_times(jf: Path) -> dict[str, float]:
+    """Seconds to parse the file's bytes (already in memory) into Python objects."""
+    import orjson
+
+    data = jf.read_bytes()
+    res = {}
+    for name, fn in (("json.loads", json.loads), ("orjson.loads", orjson.loads),
+                     ("msgspec_typed", _PARSE_DECODER.decode)):
+        t = time.perf_counter()
+        fn(data)
+        res[name] = time.perf_counter() - t
+    return res
+
+
 def run_ultralytics(jf: Path, out: Path) -> int:
     import contextlib
     import io as _io
@@ -193,7 +274,7 @@ def main() -> None:
     jf = generate(work / "src", args.annotations, args.per_image)
     print(json.dumps({"generated": args.annotations, "json_bytes": jf.stat().st_size,
                       "seconds": round(time.perf_counter() - t0, 2)}))
-    contenders = {"detkit": run_detkit, "loop_numpy": loop_numpy, "loop_python": loop_python}
+    contenders = {"detkit": run_detkit, "loop_numpy": loop_numpy, "loop_python": loop_python, "floor": floor}
     try:
         import ultralytics
         contenders["ultralytics"] = run_ultralytics
@@ -201,7 +282,10 @@ def main() -> None:
     except ImportError:
         print(json.dumps({"ultralytics": "not importable: left out"}))
     rates: dict[str, list[float]] = {k: [] for k in contenders}
+    parses: dict[str, list[float]] = {}
     for r in range(args.repeats):
+        for k, v in parse_times(jf).items():
+            parses.setdefault(k, []).append(v)
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))  # interleaved, alternating order
         for name in order:
             out = work / f"out_{name}"
@@ -217,6 +301,9 @@ def main() -> None:
                for k, v in rates.items()}
     for k in [c for c in contenders if c != "detkit"]:
         summary[f"detkit_over_{k}"] = round(statistics.median(rates["detkit"]) / statistics.median(rates[k]), 2)
+    summary["floor_over_loop_python"] = round(statistics.median(rates["floor"]) / statistics.median(rates["loop_python"]), 2)
+    summary["parse_seconds"] = {k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3),
+                                    "max": round(max(v), 3)} for k, v in parses.items()}
     summary["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(summary))
     shutil.rmtree(work, ignore_errors=True)
