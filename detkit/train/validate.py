@@ -35,6 +35,9 @@ def validate(model: nn.Module, loader, class_names: list[str], device: torch.dev
                 cx, cy, bw, bh = rows[:, 2] * w, rows[:, 3] * h, rows[:, 4] * w, rows[:, 5] * h
                 boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
                 image_id = int(info["index"])
+                ok = np.isfinite(det.boxes).all(axis=1) & np.isfinite(det.scores)
+                if not ok.all():  # an early, unstable model can overflow exp(tw): such boxes match nothing
+                    det = type(det)(boxes=det.boxes[ok], scores=det.scores[ok], class_ids=det.class_ids[ok])
                 gts.append(ImageGT(image_id=image_id, boxes=boxes, labels=rows[:, 1].astype(np.int64),
                                    difficult=np.zeros(len(rows), dtype=bool)))
                 dets.append(ImageDets(image_id=image_id, boxes=det.boxes, scores=det.scores, labels=det.class_ids))
