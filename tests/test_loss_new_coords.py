@@ -365,3 +365,76 @@ def test_box_helpers_match_box_c(kind):
         assert float(got_v[r]) == pytest.approx(box_family(pr, tr, kind), rel=1e-9, abs=1e-12)
         apart += box_iou(pr, tr) == 0
     assert 10 < apart < 190  # both regimes are covered
+
+
+# --------------------------------------------------- classic [yolo] heads with iou_loss= (yolov4, yolov4-tiny)
+def _classic_model(iou_loss: str, max_delta: float | None):
+    import detkit
+
+    anchors = ", ".join(f"{int(w)},{int(h)}" for w, h in ANCHORS)
+    clip = f"max_delta={max_delta}\n" if max_delta is not None else ""
+    cfg = (f"[net]\nwidth={IN}\nheight={IN}\nchannels=3\n[maxpool]\nsize=8\nstride=8\n"
+           f"[convolutional]\nfilters={len(MASK) * (5 + CLASSES)}\nsize=1\nactivation=linear\n"
+           f"[yolo]\nmask={','.join(map(str, MASK))}\nanchors={anchors}\nclasses={CLASSES}\nnum={len(ANCHORS)}\n"
+           f"scale_x_y=1.05\niou_normalizer=0.07\niou_loss={iou_loss}\nignore_thresh=0.7\ntruth_thresh=1\n{clip}")
+    return detkit.build_model(cfg)
+
+
+def classic_box_deltas(raw, truths, scale_x_y, iou_normalizer, iou_loss, max_delta):
+    """delta_yolo_box's iou branch for a classic head (new_coords=0), best anchor only: the box entries of
+    darknet's delta on the raw outputs (tx, ty, tw, th), per [b][a][j][i]; and the summed box values."""
+    nb, na, lh, lw = len(raw), len(raw[0]), len(raw[0][0]), len(raw[0][0][0])
+    delta = [[[[[0.0] * 4 for _ in range(lw)] for _ in range(lh)] for _ in range(na)] for _ in range(nb)]
+    values = 0.0
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    for b in range(nb):
+        for tx, ty, tw, th, _cls in truths[b]:
+            i, j = int(tx * lw), int(ty * lh)
+            best_iou, best_n = 0.0, 0
+            for n in range(len(ANCHORS)):
+                iou = box_iou((0.0, 0.0, ANCHORS[n][0] / IN, ANCHORS[n][1] / IN), (0.0, 0.0, tw, th))
+                if iou > best_iou:
+                    best_iou, best_n = iou, n
+            if best_n not in MASK:
+                continue
+            x = raw[b][MASK.index(best_n)][j][i]
+            xs = [sig(x[k]) * scale_x_y - 0.5 * (scale_x_y - 1) for k in (0, 1)]  # forward: logistic + scal_add
+            pred = ((i + xs[0]) / lw, (j + xs[1]) / lh, math.exp(x[2]) * ANCHORS[best_n][0] / IN,
+                    math.exp(x[3]) * ANCHORS[best_n][1] / IN)
+            values += iou_normalizer * (1 - box_family(pred, (tx, ty, tw, th), iou_loss))
+            d = list(dx_box_iou(pred, (tx, ty, tw, th), iou_loss))
+            d[2] *= math.exp(x[2])
+            d[3] *= math.exp(x[3])
+            out = delta[b][MASK.index(best_n)][j][i]
+            for k in range(4):
+                v = d[k] * iou_normalizer
+                out[k] += max(-max_delta, min(max_delta, v))
+    return delta, values
+
+
+@pytest.mark.parametrize("iou_loss, max_delta", [("ciou", None), ("giou", None), ("diou", 0.004), ("iou", None)])
+def test_classic_head_iou_loss_gradient_is_minus_darknets_delta(iou_loss, max_delta):
+    """box_loss='auto' on a classic head with iou_loss=: d loss / d (tx, ty, tw, th) at the positives equals
+    -delta / batch of darknet's iou branch (exp() on the sizes, no logistic derivative on x, y, max_delta clip);
+    box_loss='darknet' still trains the same head with the squared error (a different gradient)."""
+    model = _classic_model(iou_loss, max_delta)
+    g = torch.Generator().manual_seed(4)
+    raw = (torch.randn(2, len(MASK), 8, 8, 5 + CLASSES, generator=g) * 0.7).requires_grad_(True)
+    targets = TARGETS[:4]  # target 4's best anchor is in no mask
+    total, parts = YoloLoss.from_model(model)([raw], targets, (IN, IN))
+    total.backward()
+    truths = [[], []]
+    for b, c, x, y, w, h in targets.tolist():
+        truths[int(b)].append((x, y, w, h, int(c)))
+    delta, values = classic_box_deltas(raw.detach().double().tolist(), truths, 1.05, 0.07, iou_loss,
+                                       max_delta if max_delta is not None else math.inf)
+    want = -torch.tensor(delta, dtype=torch.float64) / 2
+    assert (want != 0).any(dim=-1).sum().item() == 4
+    if max_delta is not None:
+        assert (want.abs() == max_delta / 2).any()  # the clip is exercised
+    torch.testing.assert_close(raw.grad[..., :4].double(), want, rtol=2e-4, atol=2e-6)
+    assert float(parts["box"]) == pytest.approx(values / 2, rel=1e-4)
+    from detkit.yolo.loss import LossConfig
+    raw.grad = None
+    YoloLoss.from_model(model, LossConfig(box_loss="darknet"))([raw], targets, (IN, IN))[0].backward()
+    assert not torch.allclose(raw.grad[..., :4].double(), want, atol=1e-4)

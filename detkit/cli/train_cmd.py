@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--burn-in", type=int, help="warm-up optimizer steps (default: cfg burn_in, capped to 10%% of the run)")
     p.add_argument("--policy", choices=["steps", "cosine", "constant"], help="lr decay after burn-in (default: cfg policy)")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
-    p.add_argument("--box-loss", choices=["darknet", "giou", "ciou"], help="box loss term (default darknet)")
+    p.add_argument("--box-loss", choices=["auto", "darknet", "giou", "ciou"],
+                   help="box loss term (default auto: each [yolo] head's iou_loss= as darknet trains it; mse -> darknet)")
     p.add_argument("--mosaic", action="store_true", default=None, help="4-image mosaic augmentation")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
     p.add_argument("--jitter", type=float, help="crop/pad jitter fraction (default: cfg [yolo] jitter)")

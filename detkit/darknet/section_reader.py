@@ -81,11 +81,11 @@ REGION_USED = {"anchors", "classes", "num", "coords", "softmax", "bias_match", "
 REGION_KNOWN = {"focal_loss", "stopbackward"}
 YOLO_USED = {"mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh", "scale_x_y",
              "random", "iou_loss", "iou_normalizer", "cls_normalizer", "obj_normalizer", "label_smooth_eps",
-             "max", "new_coords", "beta_nms", "nms_kind", "objectness_smooth", "iou_thresh"}
+             "max", "new_coords", "beta_nms", "nms_kind", "objectness_smooth", "iou_thresh", "max_delta"}
 YOLO_KNOWN = {
     "beta1", "counters_per_class", "resize", "focal_loss",
     "objectness_smooth", "map", "embedding_layer", "track_history_size", "uc_normalizer",
-    "max_delta", "delta_normalizer", "stopbackward", "show_details", "track_ciou_norm", "sim_thresh",
+    "delta_normalizer", "stopbackward", "show_details", "track_ciou_norm", "sim_thresh",
     "dets_for_track", "dets_for_show", "bilinear", "rescore", "absolute", "thresh", "coords",
     "softmax", "background", "train_only_bn",
 }

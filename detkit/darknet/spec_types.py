@@ -189,6 +189,7 @@ class YoloSpec(LayerBase):
     nms_kind: str = "default"
     objectness_smooth: bool = False
     iou_thresh: float = 1.0  # AlexeyAB: extra responsible anchors above this shape IoU
+    max_delta: float = float("inf")  # AlexeyAB: the box deltas of the iou-family losses clipped to +-max_delta
     type: str = field(default="yolo", init=False)
 
     @property

@@ -299,6 +299,7 @@ def _parse_yolo(section: Section, index: int) -> YoloSpec:
         max_boxes=r.int("max", 200, minimum=1), new_coords=r.flag("new_coords", False),
         beta_nms=r.float("beta_nms", 0.6), nms_kind=r.str("nms_kind", "default"),
         objectness_smooth=r.flag("objectness_smooth", False), iou_thresh=r.float("iou_thresh", 1.0),
+        max_delta=r.float("max_delta", float("inf")),
     )
 
 

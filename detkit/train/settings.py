@@ -65,7 +65,7 @@ class TrainSettings:
     flip: bool = True
     jitter: float = 0.3
     mosaic: bool = False
-    box_loss: str = "darknet"
+    box_loss: str = "auto"
     class_weights: bool = False
     balanced_sampler: bool = False
     ema: bool = True

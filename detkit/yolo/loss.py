@@ -6,6 +6,11 @@ Behaviour follows darknet's ``forward_yolo_layer`` (its deltas are the gradients
   positives get objectness target 1, every other prediction target 0 unless its best IoU with any
   ground truth of its image exceeds the head's ``ignore_thresh`` (then it gets no objectness loss);
   with ``truth_thresh < 1`` such a prediction above ``truth_thresh`` is treated as an object.
+* box, ``box_loss='auto'`` (default): each head's cfg ``iou_loss=``; ``mse`` is ``'darknet'`` below, iou /
+  giou / diou / ciou (yolov4, yolov4-tiny) follow darknet's ``delta_yolo_box``: value ``iou_normalizer *
+  (1 - IoU-family)``, gradient on the raw ``tx, ty, tw, th`` = minus darknet's delta (``dx_box_iou`` times
+  ``iou_normalizer``, times ``exp(t)`` on the sizes, no logistic derivative on x, y, clipped to
+  ``max_delta``) — :meth:`YoloLoss._darknet_iou_box`;
 * box, ``box_loss='darknet'``: ``0.5 * (2 - w*h) * squared error`` on the cell offsets (after the
   sigmoid and ``scale_x_y``) and on ``tw, th`` against ``log(w / anchor_w)``, with w, h normalised
   to the input (small boxes weigh more); ``'giou'`` / ``'ciou'``: ``(2 - w*h) * (1 - IoU-family)``.
@@ -57,8 +62,9 @@ from detkit.errors import TrainError
 from detkit.yolo.decode import decode_head
 from detkit.yolo.targets import HeadGeometry, HeadTargets, assign_targets
 
-BoxLoss = Literal["darknet", "giou", "ciou"]
-BOX_LOSSES: tuple[str, ...] = ("darknet", "giou", "ciou")
+BoxLoss = Literal["auto", "darknet", "giou", "ciou"]
+BOX_LOSSES: tuple[str, ...] = ("auto", "darknet", "giou", "ciou")
+IOU_FAMILY: tuple[str, ...] = ("iou", "giou", "diou", "ciou")
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,16 @@ class LossConfig:
     """Loss options (all but ``box_loss`` are rarely changed).
 
     Attributes:
-        box_loss: ``darknet`` (MSE on offsets and log sizes), ``giou`` or ``ciou``.
+        box_loss: ``auto`` (each head's own cfg ``iou_loss``: ``mse`` -> ``darknet``; iou / giou / diou /
+            ciou -> darknet's rule for them, module docstring), ``darknet`` (MSE on offsets and log
+            sizes), ``giou`` or ``ciou`` (torchvision's, weighted by ``2 - w*h``) on every head.
         box_weight, obj_weight, cls_weight: multipliers of the three terms in the total.
         anchor_iou_thresh: extra responsible anchors above this shape IoU (AlexeyAB ``iou_thresh``);
             None: only the best anchor.
         class_weights: per-class weights of positives (length = number of classes) or None.
     """
 
-    box_loss: BoxLoss = "darknet"
+    box_loss: BoxLoss = "auto"
     box_weight: float = 1.0
     obj_weight: float = 1.0
     cls_weight: float = 1.0
@@ -104,6 +112,7 @@ class HeadParams:
     iou_normalizer: float = 0.75
     obj_normalizer: float = 1.0
     objectness_smooth: bool = False
+    max_delta: float = float("inf")
 
 
 def batched_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -316,6 +325,7 @@ class YoloLoss:
                 iou_normalizer=float(getattr(spec, "iou_normalizer", 0.75)),
                 obj_normalizer=float(getattr(spec, "obj_normalizer", 1.0)),
                 objectness_smooth=bool(getattr(spec, "objectness_smooth", False)),
+                max_delta=float(getattr(spec, "max_delta", float("inf"))),
             ))
         all_anchors = torch.as_tensor(model.yolo_layers[0].all_anchors, dtype=torch.float32).detach().cpu()
         thresholds = {float(getattr(getattr(layer, "spec", None), "iou_thresh", 1.0)) for layer in model.yolo_layers}
@@ -391,7 +401,10 @@ class YoloLoss:
                 idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
                 obj_t[idx] = 1.0
                 obj_w[idx] = pos_w
-                box_loss = box_loss + (self._box_term(raw, pbox, tgt, stride, head, input_wh) * pos_w).sum()
+                if cfg.box_loss == "auto" and head.iou_loss in IOU_FAMILY:
+                    box_loss = box_loss + self._darknet_iou_box(raw, pbox, tgt, head, input_wh, pos_w).sum()
+                else:
+                    box_loss = box_loss + (self._box_term(raw, pbox, tgt, stride, head, input_wh) * pos_w).sum()
                 cls_t = F.one_hot(tgt.cls, self.num_classes).to(torch.float32)  # (M, C)
                 cls_bce = F.binary_cross_entropy_with_logits(raw[idx][:, 5:], cls_t, reduction="none")
                 cls_loss = cls_loss + (cls_bce.sum(dim=1) * pos_w).sum()
@@ -465,7 +478,33 @@ class YoloLoss:
                 pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
                 delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
                 delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)  # darknet's fix_nan_inf
+                delta = delta.clamp(-head.max_delta, head.max_delta)  # darknet's clip_value (max_delta=)
         surrogate = -(delta * p).sum(dim=1)  # d/dp = -delta
+        return value + (surrogate - surrogate.detach())
+
+    @staticmethod
+    def _darknet_iou_box(raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets, head: HeadParams,
+                         input_wh: tuple[int, int], pos_w: torch.Tensor) -> torch.Tensor:
+        """(M,) box term of each positive of a classic head whose cfg says ``iou_loss=`` iou / giou / diou /
+        ciou (yolov4, yolov4-tiny): value ``iou_normalizer * (1 - IoU-family)``; gradient on the raw outputs
+        ``(tx, ty, tw, th)`` = minus darknet's ``delta_yolo_box``: ``dx_box_iou`` times ``iou_normalizer``,
+        ``exp(tw)``, ``exp(th)`` on the size parts, fed to tx, ty without the logistic's derivative (darknet's
+        ``backward_yolo_layer`` copies the delta to the layer's input), clipped to ``max_delta``."""
+        idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
+        t = raw[idx][:, 0:4]  # (M, 4) raw conv outputs, with gradient
+        weight = head.iou_normalizer * pos_w
+        with torch.no_grad():
+            wh_in = torch.tensor([float(input_wh[0]), float(input_wh[1])] * 2, device=t.device)
+            pred = pbox[idx].detach() / wh_in
+            truth = tgt.box / wh_in
+            value = weight * (1.0 - iou_family(pred, truth, head.iou_loss))
+            pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
+            delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
+            delta[:, 2:4] = delta[:, 2:4] * torch.exp(t[:, 2:4].detach())
+            delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
+            delta = delta.clamp(-head.max_delta, head.max_delta)
+        surrogate = -(delta * t).sum(dim=1)
+        value = torch.where(torch.isfinite(value), value, weight)  # an overflowed exp(tw): IoU 0
         return value + (surrogate - surrogate.detach())
 
     def _box_term(self, raw: torch.Tensor, pbox: torch.Tensor, tgt: HeadTargets,
@@ -474,7 +513,7 @@ class YoloLoss:
         idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
         # darknet: scale = 2 - truth.w * truth.h with w, h relative to the network input
         scale = 2.0 - (tgt.box[:, 2] / input_wh[0]) * (tgt.box[:, 3] / input_wh[1])  # (M,)
-        if self.config.box_loss == "darknet":
+        if self.config.box_loss in ("auto", "darknet"):  # auto reaches here only for iou_loss=mse heads
             p = pbox[idx]  # (M, 4) pixels
             stride_t = torch.tensor(stride, device=p.device)
             cells = torch.stack([tgt.gx, tgt.gy], dim=1).to(torch.float32)
