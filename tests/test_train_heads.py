@@ -20,12 +20,19 @@ def _settings(tmp_path, data, cfg: str, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", ["yolov4-tiny", "yolov7-tiny"])
-def test_overfit_eight_images(tmp_path, cfg):
-    """8 images, train from scratch on them, VOC mAP@0.5 on the same images >= 0.95."""
+@pytest.mark.parametrize("cfg, epochs", [("yolov4-tiny", 100), ("yolov7-tiny", 150)])
+def test_overfit_eight_images(tmp_path, cfg, epochs):
+    """8 images, train from scratch on them with the loss the cfg declares (yolov4-tiny: iou_loss=ciou with
+    darknet's delta rule; yolov7-tiny: new_coords), VOC mAP@0.5 on the same images >= 0.95.
+
+    Batch 2 (4 steps an epoch): darknet's batch-norm momentum (0.01) needs a few hundred steps before the
+    running statistics that validation uses match the batch statistics of training; with batch 8 (100
+    steps) the eval-mode model lags far behind the trained one (measured: mAP 0.17 at batch 8, 1.0 at 2).
+    yolov7-tiny's box term (iou_normalizer=0.05) learns slower, hence its 150 epochs (mAP 1.0 from epoch
+    ~100 on this set)."""
     from detkit.train.trainer import train
 
     data = make_dataset(tmp_path / "d", 8, 0, seed=3)
     torch.set_num_threads(2)
-    res = train(_settings(tmp_path, data, cfg))
+    res = train(_settings(tmp_path, data, cfg, batch=2, epochs=epochs))
     assert res.best_map >= 0.95, res.history[-5:]
