@@ -134,7 +134,7 @@ def test_quantised_graph_keeps_decode_and_heads_float(quantised):
     assert not any(n.op_type.startswith("QLinear") and "decoders" in n.name for n in g.node)
     meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
     assert meta["detkit.precision"] == "int8" and meta["detkit.fp32_layers"] == "15,22"
-    assert meta["detkit.calibration"].startswith("12 images (average")
+    assert meta["detkit.calibration"].startswith("12 images (minmax")
     assert res.calibration_images == 12 and res.dynamic_batch and res.img_size == (96, 64)
 
 
@@ -179,10 +179,10 @@ def test_int8_heads_and_first_layers_options(quantised, tmp_path):
 
 
 def test_average_ranges_lie_within_the_global_minmax(quantised, tmp_path):
-    """``average`` (mean of each image's min/max, the default) never widens an activation range
-    beyond the global min/max, and narrows some: per-tensor uint8 scales compared one by one."""
-    model, res, calib = quantised
-    mm = quantize_int8(model, tmp_path / "minmax.onnx", calib, img_size=(96, 64), method="minmax")
+    """``average`` (mean of each image's min/max) never widens an activation range beyond the global
+    min/max (the default), and narrows some: per-tensor uint8 scales compared one by one."""
+    model, mm, calib = quantised
+    res = quantize_int8(model, tmp_path / "average.onnx", calib, img_size=(96, 64), method="average")
 
     def act_scales(path):
         from onnx import numpy_helper

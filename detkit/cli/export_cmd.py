@@ -40,9 +40,9 @@ def add_parser(subparsers) -> None:
                         "split); images like the ones the model will see")
     q.add_argument("--calib-images", type=int, default=None,
                    help="use at most this many calibration images (default 200)")
-    q.add_argument("--calib-method", choices=("average", "minmax", "percentile", "entropy"), default="average",
-                   help="onnx-int8 activation ranges: average = mean of each image's min/max (default; what "
-                        "openvino-int8 always uses), minmax = global min/max, percentile, entropy")
+    q.add_argument("--calib-method", choices=("average", "minmax", "percentile", "entropy"), default=None,
+                   help="onnx-int8 activation ranges: minmax = global min/max (default), average = mean of each "
+                        "image's min/max (what openvino-int8's NNCF uses), percentile, entropy")
     q.add_argument("--fp32-first", type=int, default=0,
                    help="keep the first N convolutions float32 (default 0)")
     q.add_argument("--int8-heads", action="store_true",
@@ -166,7 +166,7 @@ def _export_int8(args: argparse.Namespace, model, out: Path, img_size) -> int:
     openvino = args.format == "openvino-int8"
     if openvino:
         _need_openvino(out, args.format, nncf=True)
-        if args.calib_method != "average":
+        if args.calib_method is not None:
             raise DataError("--calib-method applies to onnx-int8; openvino-int8 uses NNCF's mean of per-image "
                             "min/max (the same as 'average')")
     paths = calibration_images(args.calib)
@@ -187,7 +187,7 @@ def _export_int8(args: argparse.Namespace, model, out: Path, img_size) -> int:
                                          dynamic_batch=True, opset=args.opset or 13, max_images=limit)
         else:
             res = quantize_int8(model, out, paths, img_size=img_size, letterbox=not args.resize,
-                                fp32_first=args.fp32_first, fp32_heads=not args.int8_heads, method=args.calib_method,
+                                fp32_first=args.fp32_first, fp32_heads=not args.int8_heads, method=args.calib_method or "minmax",
                                 dynamic_batch=args.dynamic_batch, opset=args.opset or 13, max_images=limit)
     except ValueError as exc:
         raise DataError(f"{exc}", path=args.calib) from None
