@@ -265,6 +265,25 @@ def darknet_dx_box_iou(pred: torch.Tensor, truth: torch.Tensor, kind: str) -> to
     return torch.stack([p_dx, p_dy, p_dw, p_dh], dim=1)
 
 
+def _darknet_iou_delta(pbox: torch.Tensor, truth_px: torch.Tensor, head: HeadParams, input_wh: tuple[int, int],
+                       weight: torch.Tensor, size_factor: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iou branch of darknet's ``delta_yolo_box`` for (M,) positives: boxes (cx, cy, w, h pixels) made
+    relative to the input as darknet's, value ``weight * (1 - IoU-family)``, delta ``weight * dx_box_iou``
+    (zero-size predictions count as size 1, as in C), the size parts times ``size_factor`` (classic heads:
+    ``exp(tw), exp(th)``; new_coords: None), then darknet's ``fix_nan_inf`` and ``clip_value(max_delta)``.
+    Returns ``(value (M,), delta (M, 4))``."""
+    wh_in = torch.tensor([float(input_wh[0]), float(input_wh[1])] * 2, device=pbox.device)
+    pred = pbox / wh_in
+    truth = truth_px / wh_in
+    value = weight * (1.0 - iou_family(pred, truth, head.iou_loss))
+    pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
+    delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
+    if size_factor is not None:
+        delta[:, 2:4] = delta[:, 2:4] * size_factor
+    delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)  # darknet's fix_nan_inf
+    return value, delta.clamp(-head.max_delta, head.max_delta)  # darknet's clip_value (max_delta=)
+
+
 def _pad_per_image(targets: torch.Tensor, batch_size: int, input_wh: tuple[int, int]) -> torch.Tensor:
     """(K, 6) targets -> (N, G, 4) xyxy pixel boxes per image, zero-padded (G = max boxes per image)."""
     device = targets.device
@@ -470,15 +489,8 @@ class YoloLoss:
                 diff = torch.cat([tgt.cell_xy - xy, t_wh - p[:, 2:4]], dim=1)  # darknet's new_coords mse targets
                 delta = (weight * scale)[:, None] * diff
                 value = 0.5 * weight * scale * diff.square().sum(dim=1)
-            else:
-                wh_in = torch.tensor([float(input_wh[0]), float(input_wh[1])] * 2, device=p.device)
-                pred = pbox[idx].detach() / wh_in  # (M, 4) cx, cy, w, h relative to the input, as darknet
-                truth = tgt.box / wh_in
-                value = weight * (1.0 - iou_family(pred, truth, head.iou_loss))
-                pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
-                delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
-                delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)  # darknet's fix_nan_inf
-                delta = delta.clamp(-head.max_delta, head.max_delta)  # darknet's clip_value (max_delta=)
+            else:  # new_coords: no size factor on dw, dh
+                value, delta = _darknet_iou_delta(pbox[idx].detach(), tgt.box, head, input_wh, weight, None)
         surrogate = -(delta * p).sum(dim=1)  # d/dp = -delta
         return value + (surrogate - surrogate.detach())
 
@@ -493,16 +505,9 @@ class YoloLoss:
         idx = (tgt.b, tgt.a, tgt.gy, tgt.gx)
         t = raw[idx][:, 0:4]  # (M, 4) raw conv outputs, with gradient
         weight = head.iou_normalizer * pos_w
-        with torch.no_grad():
-            wh_in = torch.tensor([float(input_wh[0]), float(input_wh[1])] * 2, device=t.device)
-            pred = pbox[idx].detach() / wh_in
-            truth = tgt.box / wh_in
-            value = weight * (1.0 - iou_family(pred, truth, head.iou_loss))
-            pred[:, 2:4] = torch.where(pred[:, 2:4] == 0, torch.ones_like(pred[:, 2:4]), pred[:, 2:4])
-            delta = weight[:, None] * darknet_dx_box_iou(pred, truth, head.iou_loss)
-            delta[:, 2:4] = delta[:, 2:4] * torch.exp(t[:, 2:4].detach())
-            delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
-            delta = delta.clamp(-head.max_delta, head.max_delta)
+        with torch.no_grad():  # darknet: dw *= exp(tw), dh *= exp(th)
+            value, delta = _darknet_iou_delta(pbox[idx].detach(), tgt.box, head, input_wh, weight,
+                                              torch.exp(t[:, 2:4].detach()))
         surrogate = -(delta * t).sum(dim=1)
         value = torch.where(torch.isfinite(value), value, weight)  # an overflowed exp(tw): IoU 0
         return value + (surrogate - surrogate.detach())
